@@ -1,0 +1,59 @@
+# onebox: `make demo` and `make test` are all a fresh clone needs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+# uv itself lives in a cache outside the clone, like the package cache it fills: a fresh clone
+# (CI makes one each time) links packages from there instead of downloading them again.
+UV_HOME ?= $(HOME)/.cache/onebox/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help setup demo train serve stop status test lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --python 3.11
+	touch $@
+
+setup: $(VENV)/.synced ## Create .venv from the lock file (uv.lock)
+
+demo: setup ## Train on the bundled digits, register, gate and serve on 127.0.0.1:3000
+	$(BIN)/onebox demo
+
+train: setup ## Run the training pipeline (ARGS="--epochs 5 --no-deploy")
+	$(BIN)/onebox train $(ARGS)
+
+serve: setup ## (Re)start serving the production model
+	$(BIN)/onebox serve
+
+stop: setup ## Stop the local model server
+	$(BIN)/onebox stop
+
+status: setup ## Show what is serving
+	$(BIN)/onebox status
+
+lint: setup ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint ## Lint, then run the test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean: ## Remove the venv and the local data home (.onebox)
+	-$(BIN)/onebox stop
+	rm -rf $(VENV) .onebox .pytest_cache .mypy_cache .ruff_cache

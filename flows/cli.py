@@ -1,0 +1,231 @@
+"""The ``onebox`` command: train, serve, inspect and manage datasets from a terminal.
+
+Heavy libraries (torch, Prefect, MLflow) are imported inside the commands that need them, after
+the process environment is prepared, so ``onebox --help`` and ``onebox status`` stay quick.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.environment import prepare_environment
+from storage.errors import OneboxError
+from storage.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="onebox: train, track, serve and swap models on one server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Import and list datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    prepare_environment(settings)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@data_app.command("import")
+def data_import(
+    path: Annotated[Path, typer.Argument(help="Folder with one sub-folder of PNG/JPEG images per class.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset name, e.g. 'parts'.")],
+) -> None:
+    """Import an image folder as a new, content-hashed dataset version."""
+    from storage.datasets import import_image_folder
+
+    version = import_image_folder(path, name=name, settings=_settings())
+    console.print(
+        f"dataset [bold]{version.name}[/] version [bold]{version.version}[/]: {version.num_images} images, "
+        f"{len(version.classes)} classes, stored as {'x'.join(map(str, version.image_shape))} "
+        "(channels x height x width)"
+    )
+
+
+@data_app.command("list")
+def data_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List every dataset version, newest first."""
+    from storage.datasets import list_datasets
+
+    versions = list_datasets(_settings())
+    if as_json:
+        rows = [{**asdict(v), "path": str(v.path), "num_images": v.num_images} for v in versions]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "version", "classes", "images", "shape", "created")
+    for v in versions:
+        table.add_row(
+            v.name, v.version, str(len(v.classes)), str(v.num_images), "x".join(map(str, v.image_shape)), v.created
+        )
+    console.print(table if versions else "no datasets yet; `onebox train` imports the bundled digits on first use")
+
+
+def _run_pipeline(**parameters: Any) -> Any:
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.pipeline import training_pipeline
+
+    try:
+        return training_pipeline(**parameters)
+    except ParameterTypeError as error:
+        raise _fail(f"invalid parameter: {error}", code=2) from error
+
+
+def _print_result(result: Any, settings: Settings) -> None:
+    decision = result.decision
+    table = Table(show_header=False, box=None)
+    table.add_row("MLflow run", result.run_id)
+    table.add_row("model version", f"{result.model_name} v{result.model_version}")
+    table.add_row("dataset", result.dataset)
+    table.add_row(
+        "test accuracy", f"{result.test_accuracy:.4f} (macro-F1 {result.test_macro_f1:.4f}) on {result.device}"
+    )
+    table.add_row("gate", decision.reason)
+    table.add_row("MLflow store", settings.mlflow_tracking_uri)
+    console.print(table)
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "digits",
+    dataset_version: Annotated[str | None, typer.Option(help="Dataset version (default: newest).")] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epochs.")] = 15,
+    lr: Annotated[float, typer.Option(min=1e-8, max=1.0, help="Learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Batch size.")] = 64,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for the split and the weights.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="Deploy if the gate passes.")] = True,
+    min_improvement: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Accuracy gain needed to promote.")] = 0.0,
+) -> None:
+    """Run the training pipeline (a Prefect flow) and print what it decided."""
+    from flows.train import resolve_device
+    from storage.datasets import resolve_dataset
+
+    settings = _settings()
+    # Checked before the flow starts, so a user's mistake prints one line, not a flow traceback.
+    resolve_device(device)
+    resolve_dataset(dataset, dataset_version, settings)
+    result = _run_pipeline(
+        dataset=dataset,
+        dataset_version=dataset_version,
+        epochs=epochs,
+        learning_rate=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        deploy=deploy,
+        min_improvement=min_improvement,
+    )
+    _print_result(result, settings)
+    if result.served_url:
+        console.print(f"serving at {result.served_url}/ (Swagger UI)")
+
+
+@app.command()
+def demo(epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epochs.")] = 15) -> None:
+    """Train on the bundled digits, register, gate against production and serve on 127.0.0.1."""
+    from storage.registry import PRODUCTION, count_versions, version_by_alias
+
+    settings = _settings()
+    # Each demo run trains a new challenger: a new seed gives a new split and new weights.
+    result = _run_pipeline(dataset="digits", epochs=epochs, seed=count_versions(settings), deploy=True)
+    _print_result(result, settings)
+    state = _ensure_production_served(settings)
+    production = version_by_alias(settings, PRODUCTION)
+    console.print()
+    console.print(
+        f"[bold green]Model {settings.model_name} v{production.version if production else '?'} serves at {state.url}[/]"
+    )
+    console.print(f"  Swagger UI:  {state.url}/   (upload an image to /predict)")
+    console.print(f"  metadata:    {state.url}/metadata")
+    console.print(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    console.print("  stop it:     .venv/bin/onebox stop   (`make demo` again trains a challenger)")
+
+
+def _ensure_production_served(settings: Settings) -> Any:
+    from serving.runtime import runtime_for
+    from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
+
+    production = version_by_alias(settings, PRODUCTION)
+    if production is None:
+        raise _fail("no production model yet; train one with: onebox train")
+    runtime = runtime_for(settings)
+    current = runtime.current()
+    if current is not None and current.model_version == production.version:
+        return current
+    return runtime.deploy(materialize_bundle(settings, production.version))
+
+
+@app.command()
+def serve() -> None:
+    """(Re)start serving the production model."""
+    from serving.runtime import runtime_for
+
+    settings = _settings()
+    runtime_for(settings).stop()
+    state = _ensure_production_served(settings)
+    console.print(f"model {state.model_name} v{state.model_version} serves at {state.url}/ (pid {state.pid})")
+
+
+@app.command()
+def stop() -> None:
+    """Stop the local model server."""
+    from serving.runtime import runtime_for
+
+    state = runtime_for(_settings()).stop()
+    console.print(f"stopped model v{state.model_version} (pid {state.pid})" if state else "no model server was running")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """What is serving, which version, since when; and what production is."""
+    from serving.health import probe
+    from serving.runtime import runtime_for
+    from storage.registry import PRODUCTION, version_by_alias
+
+    settings = _settings()
+    state = runtime_for(settings).current()
+    production = version_by_alias(settings, PRODUCTION)
+    report: dict[str, Any] = {
+        "serving": state is not None,
+        "healthy": probe(state.url) if state else False,
+        "model_name": settings.model_name,
+        "served_version": state.model_version if state else None,
+        "production_version": production.version if production else None,
+        "url": state.url if state else None,
+        "pid": state.pid if state else None,
+        "since": state.started if state else None,
+        "runtime": settings.runtime,
+        "home": str(settings.home),
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in report.items():
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: runs the app and turns onebox's own errors into one clear line."""
+    try:
+        app()
+    except OneboxError as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise SystemExit(1) from None

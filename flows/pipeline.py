@@ -1,0 +1,240 @@
+"""The training pipeline as a Prefect flow: each step a task over a plain function.
+
+prepare -> train -> evaluate -> export + verify -> log -> register -> gate -> deploy -> promote
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from pydantic import Field
+
+from flows import evaluate, export, prepare, promote, tracking, train
+from storage.datasets import load_dataset, resolve_dataset
+from storage.settings import Settings, get_settings
+
+# Tasks pass arrays and models in memory (NO_CACHE): hashing them for a cache key would cost
+# more than it saves, and a rerun should train again anyway.
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, seed: int) -> prepare.PreparedData:
+    version = resolve_dataset(dataset, dataset_version, settings)
+    print(
+        f"dataset {version.name}:{version.version}: {version.num_images} images, "
+        f"{len(version.classes)} classes, shape {version.image_shape}"
+    )
+    return prepare.split_dataset(load_dataset(version), seed=seed)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_model(
+    data: prepare.PreparedData, epochs: int, learning_rate: float, batch_size: int, seed: int, device: str
+) -> train.TrainingResult:
+    def report(stats: train.EpochStats) -> None:
+        print(
+            f"epoch {stats.epoch}/{epochs}: loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f} "
+            f"| val loss {stats.val_loss:.4f} val acc {stats.val_accuracy:.4f}"
+        )
+
+    result = train.train_model(
+        data,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        on_epoch=report,
+    )
+    print(f"trained on {result.device} in {result.seconds:.1f} s")
+    return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_model(data: prepare.PreparedData, training: train.TrainingResult) -> evaluate.Evaluation:
+    probabilities = train.predict_probabilities(training.model, data.test.images)
+    result = evaluate.evaluate_probabilities(probabilities, data.test.labels, data.classes)
+    print(f"test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}")
+    return result
+
+
+@task(name="export-onnx", cache_policy=NO_CACHE)
+def export_model(data: prepare.PreparedData, training: train.TrainingResult, folder: Path) -> export.ExportCheck:
+    onnx_path = export.export_onnx(training.model, folder / "model.onnx")
+    check = export.check_export(training.model, onnx_path, data.test.images)
+    print(
+        f"ONNX parity: max |logit diff| {check.max_abs_logit_diff:.2e}, top-1 agreement "
+        f"{check.top1_agreement:.4f}; batch-1 latency torch {check.torch_latency_ms[1]:.3f} ms, "
+        f"ONNX Runtime {check.onnx_latency_ms[1]:.3f} ms"
+    )
+    return check
+
+
+@task(name="log-to-mlflow", cache_policy=NO_CACHE)
+def log_run(
+    settings: Settings,
+    run_id: str,
+    params: dict[str, Any],
+    data: prepare.PreparedData,
+    training: train.TrainingResult,
+    evaluation: evaluate.Evaluation,
+    check: export.ExportCheck,
+    onnx_path: Path,
+) -> str:
+    return tracking.log_training(
+        settings,
+        run_id,
+        params=params,
+        data=data,
+        training=training,
+        evaluation=evaluation,
+        export=check,
+        onnx_path=onnx_path,
+    )
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(
+    settings: Settings, model_uri: str, run_id: str, data: prepare.PreparedData, evaluation: evaluate.Evaluation
+) -> str:
+    version = tracking.register_model(settings, model_uri=model_uri, run_id=run_id, data=data, evaluation=evaluation)
+    print(f"registered {settings.model_name} version {version}")
+    return version
+
+
+@task(name="promotion-gate", cache_policy=NO_CACHE)
+def gate(
+    settings: Settings,
+    version: str,
+    data: prepare.PreparedData,
+    evaluation: evaluate.Evaluation,
+    min_improvement: float,
+) -> promote.GateDecision:
+    production_version, production, note = promote.evaluate_production(settings, data)
+    decision = promote.decide_promotion(
+        challenger_version=version,
+        challenger=evaluation,
+        production_version=production_version,
+        production=production,
+        note=note,
+        min_improvement=min_improvement,
+    )
+    print(decision.reason)
+    return decision
+
+
+@task(name="deploy-and-promote", cache_policy=NO_CACHE)
+def deploy_version(settings: Settings, version: str) -> str:
+    url = promote.deploy_and_promote(settings, version)
+    print(f"version {version} serves at {url} and is now production")
+    return url
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    run_id: str
+    model_name: str
+    model_version: str
+    dataset: str
+    test_accuracy: float
+    test_macro_f1: float
+    device: str
+    decision: promote.GateDecision
+    served_url: str | None
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision.promote and self.served_url is not None
+
+
+@flow(name="training-pipeline", log_prints=True, validate_parameters=True)
+def training_pipeline(
+    dataset: Annotated[
+        str, Field(title="Dataset", description="Dataset name (see `onebox data list`).", min_length=1)
+    ] = "digits",
+    dataset_version: Annotated[
+        str | None, Field(title="Dataset version", description="Empty: the newest version.")
+    ] = None,
+    epochs: Annotated[int, Field(title="Epochs", ge=1, le=1000, description="Passes over the training split.")] = 15,
+    learning_rate: Annotated[float, Field(title="Learning rate", gt=0, le=1, description="Adam step size.")] = 1e-3,
+    batch_size: Annotated[int, Field(title="Batch size", ge=1, le=4096, description="Images per training step.")] = 64,
+    seed: Annotated[
+        int, Field(title="Seed", ge=0, le=2**31 - 1, description="Fixes the split and the initial weights.")
+    ] = 0,
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"], Field(title="Device", description="auto: CUDA when present.")
+    ] = "auto",
+    deploy: Annotated[bool, Field(title="Deploy", description="Off: train, evaluate and register only.")] = True,
+    min_improvement: Annotated[
+        float,
+        Field(
+            title="Minimum improvement",
+            ge=-1,
+            le=1,
+            description="Accuracy gain over production needed to promote; negative forces promotion.",
+        ),
+    ] = 0.0,
+) -> PipelineResult:
+    """Train, evaluate, export, register and (if better) deploy an image classifier."""
+    settings = get_settings()
+    params = {
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": device,
+        "deploy": deploy,
+        "min_improvement": min_improvement,
+    }
+    train.resolve_device(device)  # fail before any work when CUDA was asked for and is missing
+    data = prepare_data(settings, dataset, dataset_version, seed)
+    run_id = tracking.start_run(
+        settings, run_name=f"{data.dataset.name}-seed{seed}", tags={"onebox.flow": "training-pipeline"}
+    )
+    get_run_logger().info("MLflow run %s", run_id)
+    failed = True
+    try:
+        training = train_model(data, epochs, learning_rate, batch_size, seed, device)
+        evaluation = evaluate_model(data, training)
+        with tempfile.TemporaryDirectory(prefix="onebox-export-") as folder:
+            check = export_model(data, training, Path(folder))
+            model_uri = log_run(
+                settings, run_id, params, data, training, evaluation, check, Path(folder) / "model.onnx"
+            )
+        version = register(settings, model_uri, run_id, data, evaluation)
+        decision = gate(settings, version, data, evaluation, min_improvement)
+        served_url = None
+        if decision.promote and deploy:
+            served_url = deploy_version(settings, version)
+        elif decision.promote:
+            print(f"version {version} passed the gate; not deployed (deploy is off)")
+        tracking.log_outcome(
+            settings,
+            run_id,
+            metrics={"promoted": float(served_url is not None)},
+            tags={
+                "onebox.gate": "passed" if decision.promote else "kept-production",
+                "onebox.gate_reason": decision.reason,
+                "onebox.model_version": version,
+            },
+        )
+        failed = False
+    finally:
+        tracking.end_run(settings, run_id, failed=failed)
+    return PipelineResult(
+        run_id=run_id,
+        model_name=settings.model_name,
+        model_version=version,
+        dataset=f"{data.dataset.name}:{data.dataset.version}",
+        test_accuracy=evaluation.accuracy,
+        test_macro_f1=evaluation.macro_f1,
+        device=training.device,
+        decision=decision,
+        served_url=served_url,
+    )

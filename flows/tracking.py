@@ -1,0 +1,157 @@
+"""Tracking: everything a training run produced, logged to its MLflow run, and its registration."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flows.evaluate import Evaluation
+from flows.export import ExportCheck
+from flows.prepare import PreparedData
+from flows.train import TrainingResult
+from storage.registry import MODEL_CARD, configure_mlflow
+from storage.settings import Settings
+
+TORCH_MODEL = "torch-model"
+ONNX_MODEL = "onnx-model"
+
+
+def _requirement(package: str) -> str:
+    from importlib.metadata import version
+
+    # Local version labels (+cu132) do not resolve from an index.
+    return f"{package}=={version(package).split('+')[0]}"
+
+
+def start_run(settings: Settings, *, run_name: str, tags: dict[str, str]) -> str:
+    from mlflow import MlflowClient
+
+    experiment_id = configure_mlflow(settings)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    return str(client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
+
+
+def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(settings.mlflow_tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def log_training(
+    settings: Settings,
+    run_id: str,
+    *,
+    params: dict[str, Any],
+    data: PreparedData,
+    training: TrainingResult,
+    evaluation: Evaluation,
+    export: ExportCheck,
+    onnx_path: Path,
+) -> str:
+    """Log params, curves, metrics, both models and the model card; returns the ONNX model's URI."""
+    import mlflow
+    import onnx
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.entities import Metric, Param
+
+    configure_mlflow(settings)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    dataset = data.dataset
+    all_params = {
+        **params,
+        "dataset_name": dataset.name,
+        "dataset_version": dataset.version,
+        "image_shape": "x".join(map(str, dataset.image_shape)),
+        "num_classes": len(dataset.classes),
+        "train_size": len(data.train),
+        "validation_size": len(data.validation),
+        "test_size": len(data.test),
+        "device_used": training.device,
+    }
+    now = int(time.time() * 1000)
+    curves = [
+        Metric(key, float(value), now, stats.epoch)
+        for stats in training.history
+        for key, value in asdict(stats).items()
+        if key != "epoch"
+    ]
+    scalars = {**evaluation.flat_metrics(), **export.flat_metrics(), "train_seconds": training.seconds}
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)) for k, v in all_params.items()],
+        metrics=curves + [Metric(k, float(v), now, 0) for k, v in scalars.items()],
+    )
+    client.set_tag(run_id, "onebox.dataset", f"{dataset.name}:{dataset.version}")
+    card = {
+        "dataset_name": dataset.name,
+        "dataset_version": dataset.version,
+        "classes": list(dataset.classes),
+        "image_shape": list(dataset.image_shape),
+        "metrics": {"test_accuracy": evaluation.accuracy, "test_macro_f1": evaluation.macro_f1},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        card_path = Path(folder) / MODEL_CARD
+        card_path.write_text(json.dumps(card, indent=2))
+        client.log_artifact(run_id, str(card_path))
+        evaluation_path = Path(folder) / "evaluation.json"
+        evaluation_path.write_text(json.dumps(evaluation.to_dict(), indent=2))
+        client.log_artifact(run_id, str(evaluation_path))
+
+    example = data.test.images[:2].astype(np.float32) / 255.0
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_input(
+            from_numpy(data.train.images, targets=data.train.labels, name=dataset.name, digest=dataset.version),
+            context="training",
+        )
+        mlflow.pytorch.log_model(
+            training.model.to("cpu").eval(),
+            name=TORCH_MODEL,
+            input_example=example,
+            pip_requirements=[_requirement("torch"), _requirement("numpy")],
+        )
+        onnx_info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)),
+            name=ONNX_MODEL,
+            input_example=example,
+            save_as_external_data=False,  # one self-contained file to serve
+            onnx_execution_providers=["CPUExecutionProvider"],
+            pip_requirements=[_requirement("onnx"), _requirement("onnxruntime"), _requirement("numpy")],
+        )
+    client.update_run(run_id, status="RUNNING")  # the run goes on: gate and deploy log to it too
+    return str(onnx_info.model_uri)
+
+
+def register_model(
+    settings: Settings, *, model_uri: str, run_id: str, data: PreparedData, evaluation: Evaluation
+) -> str:
+    """Create a registered model version from the logged ONNX model; returns its version number."""
+    import mlflow
+
+    configure_mlflow(settings)
+    registered = mlflow.register_model(
+        model_uri,
+        settings.model_name,
+        tags={
+            "dataset": f"{data.dataset.name}:{data.dataset.version}",
+            "test_accuracy": f"{evaluation.accuracy:.4f}",
+            "run_id": run_id,
+        },
+    )
+    return str(registered.version)
+
+
+def log_outcome(settings: Settings, run_id: str, *, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)

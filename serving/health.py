@@ -1,0 +1,77 @@
+"""Readiness and smoke checks shared by every runtime: a model serves only after it answers."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from storage.errors import ServingError
+
+
+def wait_until_ready(url: str, *, timeout_s: float, still_starting: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``{url}/readyz`` until it answers 200.
+
+    Args:
+        still_starting: returns False once the server has died, to stop waiting early.
+
+    Raises:
+        ServingError: not ready within ``timeout_s``, or the server died.
+    """
+    deadline = time.monotonic() + timeout_s
+    last_problem = "no answer yet"
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if not still_starting():
+                raise ServingError(f"the model server at {url} exited while starting")
+            try:
+                answer = client.get(f"{url}/readyz")
+                if answer.status_code == 200:
+                    return
+                last_problem = f"/readyz answered {answer.status_code}"
+            except httpx.TransportError as error:
+                last_problem = type(error).__name__
+            time.sleep(0.25)
+    raise ServingError(f"the model server at {url} was not ready within {timeout_s:.0f} s ({last_problem})")
+
+
+def blank_png(image_shape: tuple[int, int, int]) -> bytes:
+    channels, height, width = image_shape
+    pixels = np.zeros((height, width) if channels == 1 else (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def smoke_predict(url: str, *, expected_version: str, image_shape: tuple[int, int, int]) -> dict:
+    """One real prediction through ``url``; it must come from ``expected_version``.
+
+    Raises:
+        ServingError: the answer is not a valid prediction from that version.
+    """
+    files = {"image": ("smoke.png", blank_png(image_shape), "image/png")}
+    try:
+        answer = httpx.post(f"{url}/predict", files=files, timeout=10.0)
+    except httpx.TransportError as error:
+        raise ServingError(f"smoke prediction through {url} failed: {error}") from error
+    if answer.status_code != 200:
+        raise ServingError(f"smoke prediction through {url} answered {answer.status_code}: {answer.text[:300]}")
+    body = answer.json()
+    if str(body.get("model_version")) != expected_version:
+        raise ServingError(
+            f"smoke prediction through {url} came from model version {body.get('model_version')!r}, "
+            f"not {expected_version!r}"
+        )
+    return body
+
+
+def probe(url: str) -> bool:
+    """Whether the server at ``url`` answers ``/readyz`` right now."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -1,0 +1,174 @@
+"""The local runtime: the model server as a background ``bentoml serve`` process (no Docker).
+
+Its pid, model version and start time are kept in ``$ONEBOX_HOME/run/serving.json`` so any
+later ``onebox`` command can report on it or stop it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from serving.health import smoke_predict, wait_until_ready
+from serving.predictor import MODEL_DIR_VARIABLE, ModelMetadata
+from storage.errors import ServingError
+from storage.settings import Settings
+
+SERVICE = "serving.service:Classifier"
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class ServerState:
+    pid: int
+    model_name: str
+    model_version: str
+    bundle: str
+    url: str
+    started: str
+
+
+def _alive(pid: int) -> bool:
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)  # reaps it if it is our own exited child
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A recycled pid would belong to some other program.
+    try:
+        return SERVICE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+class LocalRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state_path = settings.run_dir / "serving.json"
+        self.log_path = settings.run_dir / "serving.log"
+
+    def current(self) -> ServerState | None:
+        """The running server's state; a stale state file (process gone) is removed."""
+        if not self.state_path.is_file():
+            return None
+        state = ServerState(**json.loads(self.state_path.read_text()))
+        if not _alive(state.pid):
+            self.state_path.unlink(missing_ok=True)
+            return None
+        return state
+
+    def start(self, bundle: Path) -> ServerState:
+        """Start serving ``bundle``; returns once it is ready and has answered a smoke prediction.
+
+        Raises:
+            ServingError: a server already runs, the port is taken, or the model does not become ready.
+        """
+        if (running := self.current()) is not None:
+            raise ServingError(
+                f"model version {running.model_version} is already served (pid {running.pid}); "
+                "stop it first with: onebox stop"
+            )
+        host, port = self.settings.serve_host, self.settings.serve_port
+        if _port_in_use(host, port):
+            raise ServingError(f"port {port} on {host} is used by another program; stop it or set ONEBOX_SERVE_PORT")
+        metadata = ModelMetadata.read(bundle / "metadata.json")
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        env = {**os.environ, MODEL_DIR_VARIABLE: str(bundle), "BENTOML_DO_NOT_TRACK": "true"}
+        command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives this command; stopped as a group
+            )
+        url = self.settings.serve_url
+        state = ServerState(
+            pid=process.pid,
+            model_name=metadata.model_name,
+            model_version=metadata.model_version,
+            bundle=str(bundle),
+            url=url,
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        try:
+            wait_until_ready(
+                url,
+                timeout_s=self.settings.serve_ready_timeout_s,
+                still_starting=lambda: process.poll() is None and not self._startup_failed(log_offset),
+            )
+            smoke_predict(url, expected_version=metadata.model_version, image_shape=metadata.image_shape)
+        except ServingError as error:
+            self._terminate(process.pid)
+            raise ServingError(f"{error}; see {self.log_path}") from error
+        self.state_path.write_text(json.dumps(asdict(state), indent=2))
+        return state
+
+    def stop(self) -> ServerState | None:
+        """Stop the running server, if any, and return what it was serving."""
+        state = self.current()
+        if state is None:
+            return None
+        self._terminate(state.pid)
+        self.state_path.unlink(missing_ok=True)
+        return state
+
+    def deploy(self, bundle: Path) -> ServerState:
+        """Serve ``bundle`` instead of whatever serves now; on failure the old model serves again.
+
+        The local runtime stops the old server before starting the new one (one port, one box):
+        a short gap in service, unlike the compose runtime's blue/green swap.
+        """
+        previous = self.stop()
+        try:
+            return self.start(bundle)
+        except ServingError:
+            if previous is not None:
+                self.start(Path(previous.bundle))
+            raise
+
+    def _startup_failed(self, log_offset: int) -> bool:
+        # BentoML's supervisor keeps restarting a worker whose model fails to load, so the
+        # process lives on; its log says so at once, which saves waiting for the timeout.
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            return b"Application startup failed" in log.read()
+
+    def _terminate(self, pid: int) -> None:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return

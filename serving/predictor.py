@@ -1,0 +1,136 @@
+"""The plain predictor behind every server: an ONNX model, its metadata, and input checks.
+
+A model bundle is a folder with ``model.onnx`` and ``metadata.json``. No torch and no BentoML
+here, so this runs in the thin serving image and in tests alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from storage.errors import ModelError
+from storage.images import ImageDecodeError, decode_image, normalize, to_model_array
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+MAX_BATCH = 1024
+MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle a model server loads
+
+
+class InputError(ImageDecodeError):
+    """A request's input cannot be turned into the model's input."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a served model is: its registry identity, lineage, input shape and test metrics."""
+
+    model_name: str
+    model_version: str
+    run_id: str
+    dataset_name: str
+    dataset_version: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # channels, height, width
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> ModelMetadata:
+        raw = json.loads(path.read_text())
+        raw["classes"] = tuple(raw["classes"])
+        raw["image_shape"] = tuple(raw["image_shape"])
+        return cls(**raw)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def create_session(model_path: Path, *, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session; ``threads`` defaults to ONEBOX_ORT_THREADS or 1.
+
+    One intra-op thread suits small models: the work per request is tiny, and server workers,
+    not threads, give the parallelism.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or int(os.environ.get("ONEBOX_ORT_THREADS", "1"))
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxPredictor:
+    def __init__(self, model_path: Path, metadata: ModelMetadata) -> None:
+        self.metadata = metadata
+        self.session = create_session(model_path)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @classmethod
+    def from_directory(cls, bundle: Path) -> OnnxPredictor:
+        """Load a model bundle.
+
+        Raises:
+            ModelError: the folder lacks the model or its metadata.
+        """
+        model_path, metadata_path = bundle / MODEL_FILE, bundle / METADATA_FILE
+        for required in (model_path, metadata_path):
+            if not required.is_file():
+                raise ModelError(f"model bundle {bundle} has no {required.name}")
+        return cls(model_path, ModelMetadata.read(metadata_path))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities for uint8 images of shape (N, C, H, W)."""
+        logits = self.session.run(None, {self.input_name: normalize(images)})[0]
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
+        """The JSON answer for one image's probabilities."""
+        best = int(probabilities.argmax())
+        classes = self.metadata.classes
+        return {
+            "label": classes[best],
+            "confidence": float(probabilities[best]),
+            "probabilities": {name: float(p) for name, p in zip(classes, probabilities, strict=True)},
+            "model_version": self.metadata.model_version,
+        }
+
+    def predict_image(self, data: bytes, *, source: str = "image") -> dict[str, Any]:
+        """Predict one encoded image (PNG or JPEG of any size, gray or color).
+
+        Raises:
+            ImageDecodeError: the bytes are not a readable image.
+        """
+        channels, height, width = self.metadata.image_shape
+        array = to_model_array(decode_image(data, source=source), channels=channels, height=height, width=width)
+        return self.describe(self.probabilities(array[np.newaxis])[0])
+
+    def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Predict a batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray models.
+
+        Raises:
+            InputError: the shape or values do not fit the model.
+        """
+        channels, height, width = self.metadata.image_shape
+        expected = f"(N, {channels}, {height}, {width})" + (f" or (N, {height}, {width})" if channels == 1 else "")
+        if images.ndim == 3 and channels == 1:
+            images = images[:, np.newaxis]
+        if images.ndim != 4 or images.shape[1:] != (channels, height, width):
+            raise InputError(f"images have shape {tuple(images.shape)}; this model takes {expected}")
+        if not 1 <= len(images) <= MAX_BATCH:
+            raise InputError(f"a batch holds 1 to {MAX_BATCH} images, not {len(images)}")
+        if not np.issubdtype(images.dtype, np.number) or not np.isfinite(images).all():
+            raise InputError("images must hold finite numbers (pixel values 0-255)")
+        if images.min() < 0 or images.max() > 255:
+            raise InputError(f"pixel values must lie in 0-255; got {float(images.min())} to {float(images.max())}")
+        pixels = np.rint(images).astype(np.uint8)
+        return [self.describe(row) for row in self.probabilities(pixels)]
