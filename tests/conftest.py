@@ -1,0 +1,89 @@
+"""Shared fixtures: a temp ONEBOX_HOME per test, and one real trained pipeline per session.
+
+Everything is real: a Prefect test server, an MLflow SQLite store, a BentoML server over HTTP.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from storage.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from flows.pipeline import PipelineResult
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Prefect reads its settings on import; point it away from ~/.prefect before any test module imports it.
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="onebox-test-prefect-")
+    for name, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "TORCH_LOGS": "-all",
+    }.items():
+        os.environ.setdefault(name, value)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def png_bytes(pixels: np.ndarray, *, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a fresh, empty home folder."""
+    return Settings(home=tmp_path / "home", serve_port=free_port())
+
+
+@dataclass
+class TrainedPipeline:
+    settings: Settings
+    result: PipelineResult
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[TrainedPipeline]:
+    """One real run of the training pipeline (deployed and promoted), its server left running."""
+    from flows.pipeline import training_pipeline
+    from serving.local import LocalRuntime
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ONEBOX_HOME", str(tmp_path_factory.mktemp("onebox-home")))
+    patch.setenv("ONEBOX_SERVE_PORT", str(free_port()))
+    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        result = training_pipeline(epochs=10, seed=0, deploy=True)
+        yield TrainedPipeline(settings=settings, result=result)
+    finally:
+        LocalRuntime(settings).stop()
+        patch.undo()
+        get_settings.cache_clear()

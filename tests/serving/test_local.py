@@ -1,0 +1,63 @@
+"""The local runtime: start, refuse a broken model while the old one keeps serving, stop."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.local import LocalRuntime
+from storage.errors import ServingError
+from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
+from tests.conftest import TrainedPipeline
+
+pytestmark = pytest.mark.slow
+
+
+def test_broken_model_is_refused_and_the_old_one_serves_again(trained: TrainedPipeline, tmp_path: Path) -> None:
+    settings = trained.settings
+    production = version_by_alias(settings, PRODUCTION)
+    assert production is not None
+    broken = tmp_path / "broken"
+    shutil.copytree(materialize_bundle(settings, production.version), broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    runtime = LocalRuntime(settings)
+
+    with pytest.raises(ServingError, match="exited while starting"):
+        runtime.deploy(broken)
+
+    state = runtime.current()
+    assert state is not None
+    assert state.model_version == production.version
+    assert httpx.get(f"{settings.serve_url}/metadata").json()["model_version"] == production.version
+    assert version_by_alias(settings, PRODUCTION) == production
+
+
+def test_a_taken_port_is_named(settings, trained: TrainedPipeline) -> None:
+    bundle = materialize_bundle(trained.settings, trained.result.model_version)
+    with socket.socket() as squatter:
+        squatter.bind((settings.serve_host, settings.serve_port))
+        squatter.listen()
+        with pytest.raises(ServingError, match=f"port {settings.serve_port}"):
+            LocalRuntime(settings).start(bundle)
+
+
+def test_start_status_stop(settings, trained: TrainedPipeline) -> None:
+    runtime = LocalRuntime(settings)
+    bundle = materialize_bundle(trained.settings, trained.result.model_version)
+    state = runtime.start(bundle)
+    try:
+        assert runtime.current() == state
+        assert httpx.get(f"{state.url}/readyz").status_code == 200
+        with pytest.raises(ServingError, match="already served"):
+            runtime.start(bundle)
+    finally:
+        stopped = runtime.stop()
+    assert stopped == state
+    assert runtime.current() is None
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{state.url}/readyz")
+    assert runtime.stop() is None
