@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Import and list datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
 
@@ -169,6 +169,42 @@ def _ensure_production_served(settings: Settings) -> Any:
     if current is not None and current.model_version == production.version:
         return current
     return runtime.deploy(materialize_bundle(settings, production.version))
+
+
+@app.command()
+def report(
+    run_id: Annotated[str | None, typer.Argument(help="MLflow run id (default: the latest run with a report).")] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--compare", help="Two run ids: the first run's model vs the second's, on the first's test split."
+        ),
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the report in a web browser.")] = False,
+    path_only: Annotated[bool, typer.Option("--path", help="Print only the report file's path.")] = False,
+) -> None:
+    """Show where a run's evaluation report is (HTML, self-contained), or compare two runs."""
+    from flows import report as reports
+
+    settings = _settings()
+    if compare is not None:
+        first, second = compare
+        baseline = reports.read_run(settings, second).model_version
+        html = reports.build_report(settings, first, baseline_version=baseline, baseline_label=f"run {second[:8]}")
+        target = settings.home / "reports" / f"compare-{first}-{second}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(html)
+    else:
+        target = reports.fetch_report(settings, run_id or reports.latest_run_with_report(settings))
+    if path_only:
+        print(target)
+    else:
+        console.print(f"report: {target}")
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(target.as_uri()):
+            raise _fail(f"no web browser found; open {target} by hand")
 
 
 @app.command()

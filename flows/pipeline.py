@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import Field
 
-from flows import evaluate, export, prepare, promote, tracking, train
+from flows import evaluate, export, prepare, promote, report, tracking, train
 from storage.datasets import load_dataset, resolve_dataset
 from storage.settings import Settings, get_settings
 
@@ -104,6 +105,7 @@ def register(
     settings: Settings, model_uri: str, run_id: str, data: prepare.PreparedData, evaluation: evaluate.Evaluation
 ) -> str:
     version = tracking.register_model(settings, model_uri=model_uri, run_id=run_id, data=data, evaluation=evaluation)
+    tracking.log_outcome(settings, run_id, metrics={}, tags={"onebox.model_version": version})
     print(f"registered {settings.model_name} version {version}")
     return version
 
@@ -111,12 +113,20 @@ def register(
 @task(name="promotion-gate", cache_policy=NO_CACHE)
 def gate(
     settings: Settings,
+    run_id: str,
     version: str,
     data: prepare.PreparedData,
     evaluation: evaluate.Evaluation,
     min_improvement: float,
 ) -> promote.GateDecision:
     production_version, production, note = promote.evaluate_production(settings, data)
+    if production is not None:
+        tracking.log_outcome(
+            settings,
+            run_id,
+            metrics=production.flat_metrics(prefix="production_test_"),
+            tags={"onebox.production_version": production_version},
+        )
     decision = promote.decide_promotion(
         challenger_version=version,
         challenger=evaluation,
@@ -125,8 +135,31 @@ def gate(
         note=note,
         min_improvement=min_improvement,
     )
+    tracking.log_outcome(
+        settings,
+        run_id,
+        metrics={},
+        tags={
+            "onebox.gate": "passed" if decision.promote else "kept-production",
+            "onebox.gate_reason": decision.reason,
+        },
+    )
     print(decision.reason)
     return decision
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def write_report(settings: Settings, run_id: str, decision: promote.GateDecision, served_url: str | None) -> str:
+    baseline = decision.production_version if decision.production_evaluation is not None else None
+    html = report.build_report(settings, run_id, baseline_version=baseline)
+    uri = report.log_report(settings, run_id, html)
+    create_markdown_artifact(
+        key="training-summary",
+        markdown=report.summary_markdown(settings, run_id, decision, served_url, uri),
+        description=f"{settings.model_name} v{decision.challenger_version}: {decision.reason}",
+    )
+    print(f"evaluation report: {uri}")
+    return uri
 
 
 @task(name="deploy-and-promote", cache_policy=NO_CACHE)
@@ -208,22 +241,14 @@ def training_pipeline(
                 settings, run_id, params, data, training, evaluation, check, Path(folder) / "model.onnx"
             )
         version = register(settings, model_uri, run_id, data, evaluation)
-        decision = gate(settings, version, data, evaluation, min_improvement)
+        decision = gate(settings, run_id, version, data, evaluation, min_improvement)
         served_url = None
         if decision.promote and deploy:
             served_url = deploy_version(settings, version)
         elif decision.promote:
             print(f"version {version} passed the gate; not deployed (deploy is off)")
-        tracking.log_outcome(
-            settings,
-            run_id,
-            metrics={"promoted": float(served_url is not None)},
-            tags={
-                "onebox.gate": "passed" if decision.promote else "kept-production",
-                "onebox.gate_reason": decision.reason,
-                "onebox.model_version": version,
-            },
-        )
+        tracking.log_outcome(settings, run_id, metrics={"promoted": float(served_url is not None)}, tags={})
+        write_report(settings, run_id, decision, served_url)
         failed = False
     finally:
         tracking.end_run(settings, run_id, failed=failed)

@@ -29,12 +29,50 @@ def _requirement(package: str) -> str:
     return f"{package}=={version(package).split('+')[0]}"
 
 
+def environment_tags() -> dict[str, str]:
+    """Code version and environment, for the report: git commit, Python, torch, CUDA, host."""
+    import platform
+    import subprocess
+
+    import torch
+
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        commit += " (uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "not a git checkout"
+    cuda = torch.version.cuda or "none"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return {
+        "onebox.git_commit": commit,
+        "onebox.python": platform.python_version(),
+        "onebox.torch": torch.__version__,
+        "onebox.cuda": f"{cuda} ({gpu})",
+        "onebox.host": platform.node(),
+    }
+
+
 def start_run(settings: Settings, *, run_name: str, tags: dict[str, str]) -> str:
     from mlflow import MlflowClient
 
     experiment_id = configure_mlflow(settings)
     client = MlflowClient(settings.mlflow_tracking_uri)
-    return str(client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
+    all_tags = {**environment_tags(), **tags}
+    return str(client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id)
 
 
 def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:

@@ -1,0 +1,270 @@
+"""The evaluation report: one self-contained HTML page per run, challenger vs production.
+
+Everything in it is read back from MLflow (params, metric history, tags) or recomputed from the
+stored dataset and the registered ONNX models, so a report can be rebuilt, or two runs compared,
+long after the run ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from flows import report_plots
+from flows.evaluate import Evaluation, evaluate_probabilities
+from flows.export import LATENCY_BATCH_SIZES
+from flows.prepare import Split, split_dataset
+from flows.promote import GateDecision
+from serving.predictor import OnnxPredictor
+from storage.datasets import load_dataset, resolve_dataset
+from storage.errors import ModelError
+from storage.registry import configure_mlflow, materialize_bundle
+from storage.settings import Settings
+
+REPORT_FILE = "report.html"
+CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+MAX_MISCLASSIFIED = 32
+
+
+@dataclass
+class RunRecord:
+    """What MLflow holds about one training run."""
+
+    run_id: str
+    run_name: str
+    started: datetime
+    ended: datetime | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def model_version(self) -> str:
+        version = self.tags.get("onebox.model_version")
+        if not version:
+            raise ModelError(f"run {self.run_id} registered no model (it may have failed before registration)")
+        return version
+
+    @property
+    def seconds(self) -> float:
+        end = self.ended or datetime.now(UTC)
+        return (end - self.started).total_seconds()
+
+
+def read_run(settings: Settings, run_id: str) -> RunRecord:
+    """Raises: ModelError when no such run exists."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure_mlflow(settings)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise ModelError(f"run {run_id!r} does not exist in {settings.mlflow_tracking_uri}") from error
+    history = {
+        key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] for key in CURVES
+    }
+    info = run.info
+    return RunRecord(
+        run_id=run_id,
+        run_name=info.run_name or run_id,
+        started=datetime.fromtimestamp(info.start_time / 1000, UTC),
+        ended=datetime.fromtimestamp(info.end_time / 1000, UTC) if info.end_time else None,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+        history=history,
+    )
+
+
+def _test_split(settings: Settings, run: RunRecord) -> tuple[Split, tuple[str, ...]]:
+    dataset = resolve_dataset(run.params["dataset_name"], run.params["dataset_version"], settings)
+    data = split_dataset(load_dataset(dataset), seed=int(run.params["seed"]))
+    return data.test, data.classes
+
+
+def _score(
+    settings: Settings, version: str, test: Split, classes: tuple[str, ...]
+) -> tuple[Evaluation, np.ndarray] | None:
+    """The version's evaluation and probabilities on ``test``; None if its classes or shape differ."""
+    predictor = OnnxPredictor.from_directory(materialize_bundle(settings, version))
+    if predictor.metadata.classes != classes or predictor.metadata.image_shape != test.images.shape[1:]:
+        return None
+    probabilities = predictor.probabilities(test.images)
+    return evaluate_probabilities(probabilities, test.labels, classes), probabilities
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _environment_rows(run: RunRecord) -> list[tuple[str, str]]:
+    keys = ("onebox.git_commit", "onebox.python", "onebox.torch", "onebox.cuda", "onebox.host")
+    return [(key.removeprefix("onebox.").replace("_", " "), run.tags.get(key, "unknown")) for key in keys]
+
+
+def build_report(
+    settings: Settings, run_id: str, *, baseline_version: str | None, baseline_label: str = "production"
+) -> str:
+    """Render the HTML report of ``run_id``, compared with ``baseline_version`` when given.
+
+    Both models are scored on the run's own test split (the dataset version and seed it logged).
+    """
+    run = read_run(settings, run_id)
+    test, classes = _test_split(settings, run)
+    challenger_scored = _score(settings, run.model_version, test, classes)
+    if challenger_scored is None:
+        raise ModelError(f"run {run_id}'s model does not match its own dataset")
+    challenger, probabilities = challenger_scored
+    baseline: Evaluation | None = None
+    baseline_note = ""
+    if baseline_version is not None:
+        scored = _score(settings, baseline_version, test, classes)
+        if scored is None:
+            baseline_note = f"{baseline_label} (v{baseline_version}) has other classes or input shape: not comparable"
+        else:
+            baseline = scored[0]
+
+    predicted = probabilities.argmax(1)
+    wrong = np.flatnonzero(predicted != test.labels)[:MAX_MISCLASSIFIED]
+    captions = [
+        f"true {classes[test.labels[i]]} → {classes[predicted[i]]} ({probabilities[i].max():.2f})" for i in wrong
+    ]
+    matrices = [(f"challenger v{run.model_version}", challenger.confusion)]
+    if baseline is not None:
+        matrices.append((f"{baseline_label} v{baseline_version}", baseline.confusion))
+    torch_ms = {b: run.metrics.get(f"torch_latency_ms_b{b}", float("nan")) for b in LATENCY_BATCH_SIZES}
+    onnx_ms = {b: run.metrics.get(f"onnx_latency_ms_b{b}", float("nan")) for b in LATENCY_BATCH_SIZES}
+    per_class = [
+        {
+            "name": name,
+            "precision": challenger.precision[name],
+            "recall": challenger.recall[name],
+            "baseline_precision": baseline.precision[name] if baseline else None,
+            "baseline_recall": baseline.recall[name] if baseline else None,
+        }
+        for name in classes
+    ]
+    context: dict[str, Any] = {
+        "run": run,
+        "model_name": settings.model_name,
+        "version": run.model_version,
+        "dataset": f"{run.params['dataset_name']}:{run.params['dataset_version']}",
+        "device": run.params.get("device_used", "unknown"),
+        # The gate's reason starts "promoted: " or "kept production: "; the banner says that already.
+        "decision": run.tags.get("onebox.gate_reason", "").split(": ", 1)[-1],
+        "promoted": run.tags.get("onebox.gate") == "passed",
+        "challenger": challenger,
+        "baseline": baseline,
+        "baseline_label": baseline_label,
+        "baseline_version": baseline_version,
+        "baseline_note": baseline_note,
+        "per_class": per_class,
+        "test_size": len(test),
+        "misclassified_count": int((predicted != test.labels).sum()),
+        "images": {
+            "curves": _data_uri(report_plots.training_curves(run.history)) if run.history.get("train_loss") else None,
+            "confusion": _data_uri(report_plots.confusion_matrices(matrices, classes)),
+            "misclassified": _data_uri(report_plots.misclassified_grid(test.images[wrong], captions))
+            if len(wrong)
+            else None,
+            "latency": _data_uri(report_plots.latency_bars(torch_ms, onnx_ms)),
+        },
+        "inference": {
+            "torch_ms": torch_ms,
+            "onnx_ms": onnx_ms,
+            "max_diff": run.metrics.get("onnx_max_abs_logit_diff"),
+            "agreement": run.metrics.get("onnx_top1_agreement"),
+            "onnx_bytes": run.metrics.get("onnx_size_bytes"),
+        },
+        "hyperparameters": {
+            k: run.params[k]
+            for k in ("epochs", "learning_rate", "batch_size", "seed", "device", "min_improvement")
+            if k in run.params
+        },
+        "environment": _environment_rows(run),
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    templates = Environment(loader=PackageLoader("flows", "templates"), autoescape=select_autoescape(["html"]))
+    return templates.get_template("report.html").render(**context)
+
+
+def log_report(settings: Settings, run_id: str, html: str) -> str:
+    """Attach the report to the MLflow run; returns the artifact's URI."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / REPORT_FILE
+        path.write_text(html)
+        client.log_artifact(run_id, str(path))
+    return f"{client.get_run(run_id).info.artifact_uri}/{REPORT_FILE}"
+
+
+def latest_run_with_report(settings: Settings) -> str:
+    """Raises: ModelError when no run has a report yet."""
+    from mlflow import MlflowClient
+
+    experiment_id = configure_mlflow(settings)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    for run in client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=50):
+        if any(a.path == REPORT_FILE for a in client.list_artifacts(run.info.run_id)):
+            return str(run.info.run_id)
+    raise ModelError("no run has a report yet; train one with: onebox train")
+
+
+def fetch_report(settings: Settings, run_id: str) -> Path:
+    """Copy a run's logged report into $ONEBOX_HOME/reports and return its path.
+
+    Raises:
+        ModelError: the run does not exist or has no report.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    read_run(settings, run_id)  # a clear error for an unknown run id
+    target = settings.home / "reports"
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=REPORT_FILE, dst_path=str(target / run_id)
+        )
+    except (MlflowException, OSError) as error:
+        raise ModelError(f"run {run_id} has no {REPORT_FILE}") from error
+    return Path(local)
+
+
+def summary_markdown(
+    settings: Settings, run_id: str, decision: GateDecision, served_url: str | None, report_uri: str
+) -> str:
+    """The run's summary for the Prefect UI: metrics, gate decision, what serves, where the report is."""
+    lines = [
+        f"# {settings.model_name} v{decision.challenger_version}",
+        "",
+        f"**Gate:** {decision.reason}",
+        "",
+        "| metric | challenger | production |",
+        "|---|---|---|",
+    ]
+    baseline = decision.production_evaluation
+    challenger_accuracy = f"{decision.challenger_accuracy:.4f}"
+    production_accuracy = f"{baseline.accuracy:.4f}" if baseline else "-"
+    lines.append(f"| test accuracy | {challenger_accuracy} | {production_accuracy} |")
+    lines += [
+        "",
+        f"**Serving:** {served_url + '/' if served_url else 'not deployed by this run'}",
+        "",
+        f"**MLflow run:** `{run_id}` in `{settings.mlflow_tracking_uri}`",
+        "",
+        f"**Evaluation report:** [{REPORT_FILE}]({report_uri}) (or `onebox report {run_id} --open`)",
+    ]
+    return "\n".join(lines)
