@@ -153,6 +153,7 @@ def demo(epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epo
     )
     console.print(f"  Swagger UI:  {state.url}/   (upload an image to /predict)")
     console.print(f"  metadata:    {state.url}/metadata")
+    console.print(f"  report:      .venv/bin/onebox report --open   (run {result.run_id})")
     console.print(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
     console.print("  stop it:     .venv/bin/onebox stop   (`make demo` again trains a challenger)")
 
