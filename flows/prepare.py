@@ -12,6 +12,9 @@ from storage.errors import DatasetError
 
 VALIDATION_FRACTION = 0.15
 TEST_FRACTION = 0.15
+# The test split depends on the dataset version alone, never on the run's seed: challenger and
+# production are compared on images neither of them trained on.
+TEST_SPLIT_SEED = 20261129
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,10 @@ class PreparedData:
 
 
 def split_dataset(data: LoadedDataset, *, seed: int) -> PreparedData:
-    """Split 70/15/15, stratified by class; the same seed always gives the same split.
+    """Split 70/15/15, stratified by class.
+
+    The test split is fixed for a dataset version; ``seed`` picks the train/validation split, so
+    the same seed always gives the same three splits.
 
     Raises:
         DatasetError: a class has too few images to appear in every split.
@@ -50,7 +56,7 @@ def split_dataset(data: LoadedDataset, *, seed: int) -> PreparedData:
             f"class(es) {', '.join(small)}; each class needs at least 4 to be split"
         )
     indexes = np.arange(len(data.labels))
-    rest, test = train_test_split(indexes, test_size=TEST_FRACTION, stratify=data.labels, random_state=seed)
+    rest, test = train_test_split(indexes, test_size=TEST_FRACTION, stratify=data.labels, random_state=TEST_SPLIT_SEED)
     train, validation = train_test_split(
         rest,
         test_size=VALIDATION_FRACTION / (1 - TEST_FRACTION),

@@ -19,7 +19,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from serving.errors import UnwrapErrorMiddleware
-from serving.predictor import MODEL_DIR_VARIABLE, OnnxPredictor
+from serving.predictor import METADATA_FILE, MODEL_DIR_VARIABLE, ModelMetadata, OnnxPredictor
 from storage.images import ImageDecodeError
 
 web = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -30,6 +30,29 @@ def docs() -> RedirectResponse:
     return RedirectResponse(url="/")
 
 
+class ModelService(bentoml.Service):
+    """A bentoml Service whose Swagger page explains the served model to non-developers."""
+
+    @property
+    def doc(self) -> str:
+        bundle = os.environ.get(MODEL_DIR_VARIABLE)
+        if not bundle or not (Path(bundle) / METADATA_FILE).is_file():
+            return str(super().doc)
+        meta = ModelMetadata.read(Path(bundle) / METADATA_FILE)
+        accuracy = meta.metrics.get("test_accuracy")
+        channels, height, width = meta.image_shape
+        return (
+            f"Model **{meta.model_name} v{meta.model_version}**, trained on dataset "
+            f"`{meta.dataset_name}:{meta.dataset_version}`"
+            + (f", test accuracy **{accuracy:.2%}**" if accuracy is not None else "")
+            + f".\n\nClasses: {', '.join(meta.classes)}.\n\n"
+            "**Try it:** open `POST /predict` below, press *Try it out*, choose a PNG or JPEG image and press "
+            f"*Execute*. Images of any size, gray or color, are converted to {height}x{width} "
+            f"{'gray' if channels == 1 else 'color'} as the training data was. "
+            "`GET /metadata` tells which model answers."
+        )
+
+
 class Prediction(BaseModel):
     label: str = Field(description="The predicted class name.")
     confidence: float = Field(description="Probability of the predicted class, 0 to 1.")
@@ -37,7 +60,7 @@ class Prediction(BaseModel):
     model_version: str = Field(description="Registered model version that answered.")
 
 
-@bentoml.service(name="onebox-classifier", traffic={"timeout": 30})
+@bentoml.service(name="onebox-classifier", traffic={"timeout": 30}, service_class=ModelService)
 @bentoml.asgi_app(web, path="/")
 class Classifier:
     """Classify images with the model in $ONEBOX_MODEL_DIR."""

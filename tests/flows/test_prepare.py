@@ -16,8 +16,18 @@ def digits(settings: Settings) -> LoadedDataset:
 
 def test_split_is_deterministic_per_seed(digits: LoadedDataset) -> None:
     first, again, other = split_dataset(digits, seed=3), split_dataset(digits, seed=3), split_dataset(digits, seed=4)
-    assert np.array_equal(first.test.images, again.test.images)
-    assert not np.array_equal(first.test.images, other.test.images)
+    assert np.array_equal(first.train.images, again.train.images)
+    assert np.array_equal(first.validation.images, again.validation.images)
+    assert not np.array_equal(first.train.images, other.train.images)
+
+
+def test_test_split_is_the_same_for_every_seed(digits: LoadedDataset) -> None:
+    # Challenger and production are compared on images neither trained on.
+    first, other = split_dataset(digits, seed=0), split_dataset(digits, seed=9)
+    assert np.array_equal(first.test.images, other.test.images)
+    trained_on = {image.tobytes() for image in np.concatenate([other.train.images, other.validation.images])}
+    test_only = [image.tobytes() not in trained_on for image in first.test.images]
+    assert np.mean(test_only) > 0.95  # digits has a few duplicate images
 
 
 def test_split_is_disjoint_complete_and_stratified(digits: LoadedDataset) -> None:

@@ -63,7 +63,7 @@ def test_metadata_names_the_model(url: str, trained: TrainedPipeline) -> None:
     assert body["metrics"]["test_accuracy"] >= 0.9
 
 
-def test_swagger_ui_and_docs(url: str) -> None:
+def test_swagger_ui_and_docs(url: str, trained: TrainedPipeline) -> None:
     page = httpx.get(f"{url}/")
     assert page.status_code == 200
     assert "<html" in page.text.lower()
@@ -73,6 +73,8 @@ def test_swagger_ui_and_docs(url: str) -> None:
     spec = httpx.get(f"{url}/docs.json").json()
     assert "/predict" in spec["paths"]
     assert "/predict_batch" in spec["paths"]
+    served = httpx.get(f"{url}/metadata").json()["model_version"]
+    assert f"{trained.settings.model_name} v{served}" in spec["info"]["description"]
 
 
 @pytest.mark.parametrize(
