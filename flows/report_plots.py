@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # no display on a server; set before pyplot is imported
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 CHALLENGER_COLOR = "#1f6feb"
@@ -34,6 +35,7 @@ def training_curves(history: dict[str, list[float]]) -> bytes:
         axis.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3, label="validation", color="#d1242f")
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
     return _png(figure)
