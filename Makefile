@@ -10,9 +10,11 @@ UV_HOME ?= $(HOME)/.cache/onebox/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
 PYTHON ?= python3
 VENV := .venv
+# The pip that fills the image wheelhouse (serving/images.py).
+export ONEBOX_PIP := $(UV_HOME)/bin/pip
 BIN := $(VENV)/bin
 
-.PHONY: help setup demo train serve stop status test lint format clean
+.PHONY: help setup demo train serve stop status up down requirements test lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +43,18 @@ stop: setup ## Stop the local model server
 
 status: setup ## Show what is serving
 	$(BIN)/onebox status
+
+up: setup ## Build the appliance's images offline and start it (MLflow, Prefect, gateway, model)
+	$(BIN)/onebox up
+
+down: setup ## Stop the appliance (data volumes stay)
+	$(BIN)/onebox down
+
+requirements: $(UV) ## Export the images' pinned requirements from uv.lock
+	for group in serving mlflow prefect; do \
+	  $(UV) export --frozen --no-hashes --no-emit-project --no-default-groups --only-group $$group-image \
+	    --no-header --quiet -o compose/requirements/$$group.txt; \
+	done
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

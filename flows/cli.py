@@ -31,7 +31,9 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:
-    settings = get_settings()
+    from serving.runtime import resolve_runtime
+
+    settings = resolve_runtime(get_settings())
     prepare_environment(settings)
     return settings
 
@@ -217,6 +219,42 @@ def serve() -> None:
     runtime_for(settings).stop()
     state = _ensure_production_served(settings)
     console.print(f"model {state.model_name} v{state.model_version} serves at {state.url}/ (pid {state.pid})")
+
+
+@app.command()
+def up() -> None:
+    """Build the appliance's images (offline) and start it: MLflow, Prefect, gateway, live model."""
+    from serving.compose import ComposeRuntime
+
+    settings = get_settings().model_copy(update={"runtime": "compose"})
+    state = ComposeRuntime(settings).up()
+    live = state["ONEBOX_LIVE_COLOR"]
+    console.print(f"appliance up (project {settings.compose_project}):")
+    serving = f"live color {live}" if live != "none" else "no model yet: onebox train"
+    console.print(f"  gateway:  {settings.serve_url}/   ({serving})")
+    console.print(f"  MLflow:   http://127.0.0.1:{settings.mlflow_port}/")
+    console.print(f"  Prefect:  http://127.0.0.1:{settings.prefect_port}/")
+
+
+@app.command()
+def down(volumes: Annotated[bool, typer.Option("--volumes", help="Also delete the data volumes.")] = False) -> None:
+    """Stop the appliance; its data volumes stay unless --volumes."""
+    from serving.compose import ComposeRuntime
+
+    ComposeRuntime(get_settings().model_copy(update={"runtime": "compose"})).down(volumes=volumes)
+    console.print(
+        "appliance down" + (" and its volumes deleted" if volumes else "; `make up` brings it back as it was")
+    )
+
+
+@app.command()
+def rollback() -> None:
+    """Serve the previous production version again and point `production` back at it."""
+    from flows.promote import rollback as roll_back
+
+    settings = _settings()
+    version, url = roll_back(settings)
+    console.print(f"production is v{version} again, serving at {url}/")
 
 
 @app.command()

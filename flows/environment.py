@@ -24,6 +24,9 @@ def prepare_environment(settings: Settings) -> None:
         # The ONNX exporter warns about optional torchvision ops onebox never uses.
         "TORCH_LOGS": os.environ.get("TORCH_LOGS", "-all"),
     }
+    if settings.prefect_api_url:
+        # The appliance's Prefect server records the run; the flow itself runs here, by the GPU.
+        defaults["PREFECT_API_URL"] = settings.prefect_api_url
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
     settings.prefect_home.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ from flows.evaluate import Evaluation, evaluate_probabilities
 from flows.prepare import PreparedData
 from serving.predictor import OnnxPredictor
 from serving.runtime import runtime_for
-from storage.registry import PRODUCTION, materialize_bundle, move_production_alias, version_by_alias
+from storage.errors import ModelError
+from storage.registry import PREVIOUS, PRODUCTION, materialize_bundle, move_production_alias, version_by_alias
 from storage.settings import Settings
 
 
@@ -91,3 +92,18 @@ def deploy_and_promote(settings: Settings, version: str) -> str:
     state = runtime_for(settings).deploy(bundle)
     move_production_alias(settings, version)
     return state.url
+
+
+def rollback(settings: Settings) -> tuple[str, str]:
+    """Serve the ``previous`` version again, then move ``production`` back to it.
+
+    Returns:
+        (version, url) now serving. ``previous`` then names the version rolled back from.
+
+    Raises:
+        ModelError: there is no previous production version.
+    """
+    previous = version_by_alias(settings, PREVIOUS)
+    if previous is None:
+        raise ModelError(f"model {settings.model_name} has no previous production version to roll back to")
+    return previous.version, deploy_and_promote(settings, previous.version)

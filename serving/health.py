@@ -75,3 +75,31 @@ def probe(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.health URL``: a smoke prediction against the bundle in $ONEBOX_MODEL_DIR.
+
+    The compose runtime runs this inside a new model container before any traffic reaches it.
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from serving.predictor import METADATA_FILE, MODEL_DIR_VARIABLE, ModelMetadata
+
+    args = sys.argv[1:] if argv is None else argv
+    url = args[0] if args else "http://127.0.0.1:3000"
+    meta = ModelMetadata.read(Path(os.environ[MODEL_DIR_VARIABLE]) / METADATA_FILE)
+    try:
+        wait_until_ready(url, timeout_s=30)
+        smoke_predict(url, expected_version=meta.model_version, image_shape=meta.image_shape)
+    except ServingError as error:
+        print(f"smoke check failed: {error}", file=sys.stderr)
+        return 1
+    print(f"model {meta.model_name} v{meta.model_version} answers at {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,10 +25,24 @@ class Settings(BaseSettings):
         default=None, description="MLflow tracking URI; default: SQLite in the home folder."
     )
     model_name: str = Field(default="onebox-classifier", description="Registered model name.")
-    runtime: Literal["local"] = Field(default="local", description="What runs models: a local process.")
+    runtime: Literal["auto", "local", "compose"] = Field(
+        default="auto",
+        description="What runs models: a local process, or the docker compose appliance; auto: compose when it is up.",
+    )
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=3000, ge=1, le=65535)
     serve_ready_timeout_s: float = Field(default=90.0, gt=0)
+    # The appliance (docker compose): images, ports published on bind_address, the compose project.
+    base_image: str = Field(default="python:3.11-slim", description="Base of every image; bootstrapped if unreachable.")
+    image_tag: str = Field(default="latest", description="Tag of the appliance's own images.")
+    compose_project: str = "onebox"
+    bind_address: str = Field(
+        default="127.0.0.1", description="Where published ports listen; see README before changing."
+    )
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    prefect_port: int = Field(default=4200, ge=1, le=65535)
+    drain_s: float = Field(default=5.0, ge=0, description="How long the old model color keeps serving after a swap.")
+    wheelhouse: Path | None = Field(default=None, description="Wheel cache; default ~/.cache/onebox/wheelhouse.")
 
     @field_validator("home")
     @classmethod
@@ -50,7 +64,16 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{self.mlflow_db_path}"
+        if self.tracking_uri:
+            return self.tracking_uri
+        if self.runtime == "compose":
+            return f"http://127.0.0.1:{self.mlflow_port}"
+        return f"sqlite:///{self.mlflow_db_path}"
+
+    @property
+    def prefect_api_url(self) -> str | None:
+        """The appliance's Prefect server; None: Prefect's own temporary local server."""
+        return f"http://127.0.0.1:{self.prefect_port}/api" if self.runtime == "compose" else None
 
     @property
     def mlflow_artifacts_dir(self) -> Path:
@@ -69,6 +92,15 @@ class Settings(BaseSettings):
     @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
+
+    @property
+    def wheelhouse_dir(self) -> Path:
+        return self.wheelhouse or Path.home() / ".cache" / "onebox" / "wheelhouse"
+
+    @property
+    def compose_dir(self) -> Path:
+        """The appliance's persisted state: which image each color runs, which color is live."""
+        return self.home / "compose"
 
     @property
     def serve_url(self) -> str:

@@ -5,6 +5,7 @@ Everything is real: a Prefect test server, an MLflow SQLite store, a BentoML ser
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import socket
@@ -33,8 +34,45 @@ def pytest_configure(config: pytest.Config) -> None:
         "DO_NOT_TRACK": "true",
         "BENTOML_DO_NOT_TRACK": "true",
         "TORCH_LOGS": "-all",
+        # Tests that want the appliance ask for it; the others must not find one on this machine.
+        "ONEBOX_RUNTIME": "local",
     }.items():
         os.environ.setdefault(name, value)
+
+
+REQUIRE_DOCKER = os.environ.get("ONEBOX_REQUIRE_DOCKER") == "1"
+
+
+@functools.cache
+def docker_problem() -> str | None:
+    """Why Docker tests cannot run here, or None when the engine and compose are usable."""
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as error:  # no socket, no permission, engine down: all mean "no engine"
+        return f"Docker Engine not reachable: {error}"
+    from serving.compose import compose_command
+    from storage.errors import ServingError
+
+    try:
+        compose_command()
+    except ServingError as error:
+        return str(error)
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _docker_engine(request: pytest.FixtureRequest) -> None:
+    """Docker-marked tests skip without an engine, and fail instead when CI requires Docker."""
+    if request.node.get_closest_marker("docker") is None:
+        return
+    problem = docker_problem()
+    if problem is None:
+        return
+    if REQUIRE_DOCKER:
+        pytest.fail(f"ONEBOX_REQUIRE_DOCKER=1 but {problem}")
+    pytest.skip(problem)
 
 
 def free_port() -> int:

@@ -1,0 +1,249 @@
+"""The compose runtime: the appliance's model served through a gateway, swapped blue/green.
+
+A deploy starts the idle color with the new model image, waits until it is healthy and has
+answered a smoke prediction, switches the gateway (a graceful nginx reload: in-flight requests
+finish), checks a prediction through the gateway, lets the old color drain, then stops it.
+Which image each color runs and which color is live is kept in $ONEBOX_HOME/compose/state.env,
+which docker compose reads, so the appliance comes back as it was after a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from serving.health import smoke_predict
+from serving.images import SOURCE_ROOT, build_appliance_images, build_model_image
+from serving.local import ServerState
+from serving.predictor import ModelMetadata
+from storage.errors import ServingError
+from storage.settings import Settings
+
+COMPOSE_FILE = SOURCE_ROOT / "docker-compose.yml"
+COLORS = ("blue", "green")
+APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway")
+
+
+def compose_command() -> list[str]:
+    """The `docker compose` plugin when present, else the standalone `docker-compose`."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise ServingError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def _other(color: str) -> str:
+    return "green" if color == "blue" else "blue"
+
+
+class ComposeRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state_path = settings.compose_dir / "state.env"
+
+    # -- persisted state ---------------------------------------------------------------
+    def state(self) -> dict[str, str]:
+        state = {"ONEBOX_LIVE_COLOR": "none", "ONEBOX_MODEL_BLUE_IMAGE": "", "ONEBOX_MODEL_GREEN_IMAGE": ""}
+        if self.state_path.is_file():
+            for line in self.state_path.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key in state:
+                    state[key] = value.strip()
+        return state
+
+    def _write_state(self, state: dict[str, str]) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.state_path.with_suffix(".new")
+        staging.write_text("".join(f"{key}={value}\n" for key, value in sorted(state.items())))
+        staging.replace(self.state_path)  # atomic: a crash leaves the old state or the new one
+
+    # -- docker compose ----------------------------------------------------------------
+    def _environment(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "ONEBOX_IMAGE_TAG": s.image_tag,
+            "ONEBOX_BIND": s.bind_address,
+            "ONEBOX_GATEWAY_PORT": str(s.serve_port),
+            "ONEBOX_MLFLOW_PORT": str(s.mlflow_port),
+            "ONEBOX_PREFECT_PORT": str(s.prefect_port),
+        }
+
+    def compose(
+        self, *args: str, profiles: tuple[str, ...] = (), check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        if not self.state_path.is_file():
+            self._write_state(self.state())
+        command = [
+            *compose_command(), "-p", self.settings.compose_project, "-f", str(COMPOSE_FILE),
+            "--env-file", str(self.state_path),
+        ]  # fmt: skip
+        for profile in profiles:
+            command += ["--profile", profile]
+        done = subprocess.run([*command, *args], capture_output=True, text=True, env=self._environment(), check=False)
+        if check and done.returncode != 0:
+            raise ServingError(f"docker compose {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-2000:]}")
+        return done
+
+    def _container(self, service: str):  # type: ignore[no-untyped-def]
+        from serving.images import _docker
+
+        found = _docker().containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={self.settings.compose_project}",
+                    f"com.docker.compose.service={service}",
+                ]
+            },
+        )
+        return found[0] if found else None
+
+    def _wait_healthy(self, services: tuple[str, ...], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(services)
+        while pending and time.monotonic() < deadline:
+            for service in list(pending):
+                container = self._container(service)
+                if container is None:
+                    continue
+                container.reload()
+                if container.status in {"exited", "dead", "restarting"} or container.attrs.get("RestartCount", 0):
+                    logs = container.logs(tail=30).decode(errors="replace")
+                    raise ServingError(f"{service} exited while starting:\n{logs}")
+                if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
+                    pending.remove(service)
+            time.sleep(0.5)
+        if pending:
+            raise ServingError(f"not healthy within {timeout_s:.0f} s: {', '.join(pending)}")
+
+    # -- the appliance -----------------------------------------------------------------
+    def is_up(self) -> bool:
+        try:
+            gateway = self._container("gateway")
+        except ServingError:
+            return False
+        return gateway is not None and gateway.status == "running"
+
+    def up(self, *, timeout_s: float = 300) -> dict[str, str]:
+        """Build what is missing, start the appliance and the live model color, wait until healthy."""
+        build_appliance_images(self.settings)
+        state = self.state()
+        live = state["ONEBOX_LIVE_COLOR"]
+        profiles = (live,) if live in COLORS else ()
+        self.compose("up", "-d", "--remove-orphans", profiles=profiles)
+        services = APPLIANCE_SERVICES + tuple(f"model-{color}" for color in profiles)
+        self._wait_healthy(services, timeout_s)
+        self._switch_gateway(live)  # the gateway's own record may predate a `down -v`
+        return state
+
+    def down(self, *, volumes: bool = False) -> None:
+        self.compose("down", *(["-v"] if volumes else []), "--remove-orphans", profiles=COLORS)
+
+    # -- serving ---------------------------------------------------------------------
+    def current(self) -> ServerState | None:
+        state = self.state()
+        live = state["ONEBOX_LIVE_COLOR"]
+        if live not in COLORS:
+            return None
+        container = self._container(f"model-{live}")
+        if container is None or container.status != "running":
+            return None
+        labels = container.image.labels or {}
+        image = state[f"ONEBOX_MODEL_{live.upper()}_IMAGE"]
+        return ServerState(
+            pid=0,
+            model_name=labels.get("onebox.model_name", self.settings.model_name),
+            model_version=labels.get("onebox.model_version", image.rsplit("-v", 1)[-1]),
+            bundle=image,
+            url=self.settings.serve_url,
+            started=container.attrs["State"].get("StartedAt", ""),
+        )
+
+    def _switch_gateway(self, color: str) -> None:
+        gateway = self._container("gateway")
+        if gateway is None:
+            raise ServingError("the gateway is not running; start the appliance with: make up")
+        code, output = gateway.exec_run(["onebox-gateway", "switch", color])
+        if code != 0:
+            raise ServingError(f"switching the gateway to {color} failed: {output.decode(errors='replace')}")
+
+    def deploy(self, bundle: Path) -> ServerState:
+        """Swap the model behind the gateway for ``bundle`` with no failed requests.
+
+        Raises:
+            ServingError: the new model did not become healthy or answer; the old one keeps serving.
+        """
+        metadata = ModelMetadata.read(bundle / "metadata.json")
+        image = build_model_image(self.settings, bundle, metadata)
+        state = self.state()
+        live = state["ONEBOX_LIVE_COLOR"]
+        idle = _other(live) if live in COLORS else "blue"
+        service = f"model-{idle}"
+        self._write_state({**state, f"ONEBOX_MODEL_{idle.upper()}_IMAGE": image})
+        try:
+            self.compose("up", "-d", "--no-deps", "--force-recreate", service, profiles=(idle,))
+            self._wait_healthy((service,), self.settings.serve_ready_timeout_s)
+            container = self._container(service)
+            code, output = container.exec_run(["python3", "-m", "serving.health", "http://127.0.0.1:3000"])
+            if code != 0:
+                raise ServingError(output.decode(errors="replace").strip())
+            self._switch_gateway(idle)
+        except ServingError as error:
+            self.compose("rm", "-f", "-s", service, profiles=(idle,), check=False)
+            self._write_state(state)
+            raise ServingError(f"model v{metadata.model_version} was not switched to: {error}") from error
+        self._write_state({**state, f"ONEBOX_MODEL_{idle.upper()}_IMAGE": image, "ONEBOX_LIVE_COLOR": idle})
+        try:
+            self._await_gateway_version(metadata)
+        except ServingError:
+            if live in COLORS:  # the gateway path is broken: go back while the old color still runs
+                self._switch_gateway(live)
+                self._write_state(state)
+            raise
+        if live in COLORS:
+            time.sleep(self.settings.drain_s)  # in-flight requests on the old color finish
+            self.compose("stop", f"model-{live}", profiles=(live,))
+            self.compose("rm", "-f", f"model-{live}", profiles=(live,))
+        return ServerState(
+            pid=0,
+            model_name=metadata.model_name,
+            model_version=metadata.model_version,
+            bundle=image,
+            url=self.settings.serve_url,
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+
+    def _await_gateway_version(self, metadata: ModelMetadata, timeout_s: float = 20) -> None:
+        """Wait until predictions through the gateway come from ``metadata``'s version.
+
+        A reload returns once nginx is signalled; old workers may answer a moment longer.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                smoke_predict(
+                    self.settings.serve_url, expected_version=metadata.model_version, image_shape=metadata.image_shape
+                )
+                return
+            except ServingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> ServerState | None:
+        """Stop the live model; the gateway then answers 503 until the next deploy."""
+        current = self.current()
+        state = self.state()
+        if state["ONEBOX_LIVE_COLOR"] in COLORS:
+            self._switch_gateway("none")
+            self.compose("rm", "-f", "-s", f"model-{state['ONEBOX_LIVE_COLOR']}", profiles=COLORS, check=False)
+            self._write_state({**state, "ONEBOX_LIVE_COLOR": "none"})
+        return current

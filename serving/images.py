@@ -1,0 +1,234 @@
+"""Building the appliance's images offline: a base image, a host wheelhouse, thin model images.
+
+No build step needs the network. The base image is used as it is when present, pulled when a
+registry answers, and bootstrapped from Debian's packages (compose/base/bootstrap.sh) otherwise.
+Python packages come from a wheelhouse filled on the host from compose/requirements/*.txt (which
+`make requirements` exports from uv.lock) and kept in a cache outside the checkout. Docker's
+layer cache makes a second build of unchanged inputs a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.predictor import ModelMetadata
+from storage.errors import ServingError
+from storage.settings import Settings
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_DIR = SOURCE_ROOT / "compose"
+BOOTSTRAP_IMAGE = "onebox/base:bookworm"
+# The files of the onebox package that serving imports; nothing that needs torch or MLflow.
+SERVING_FILES = (
+    "serving/__init__.py",
+    "serving/errors.py",
+    "serving/health.py",
+    "serving/predictor.py",
+    "serving/service.py",
+    "storage/__init__.py",
+    "storage/errors.py",
+    "storage/images.py",
+)
+PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 26, 27, 28, 31, 34, 35, 36)] + [
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+    "linux_x86_64",
+]
+
+
+@dataclass(frozen=True)
+class ApplianceImages:
+    runtime: str
+    mlflow: str
+    prefect: str
+    gateway: str
+
+
+def _docker():  # type: ignore[no-untyped-def]
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as error:  # the SDK raises several types for "no engine"
+        raise ServingError(
+            f"Docker Engine is not reachable ({error}); start it, or use ONEBOX_RUNTIME=local"
+        ) from error
+    return client
+
+
+def image_exists(tag: str) -> bool:
+    import docker
+
+    try:
+        _docker().images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def resolve_base_image(requested: str) -> str:
+    """``requested`` if present or pullable; else the base bootstrapped from Debian's packages."""
+    import docker
+
+    if image_exists(requested):
+        return requested
+    try:
+        _docker().images.pull(requested)
+        return requested
+    except docker.errors.APIError:
+        pass  # no registry reachable: the normal case on an air-gapped server
+    if not image_exists(BOOTSTRAP_IMAGE):
+        print(f"{requested} cannot be pulled; bootstrapping {BOOTSTRAP_IMAGE} from Debian's packages")
+        _run([str(COMPOSE_DIR / "base" / "bootstrap.sh"), BOOTSTRAP_IMAGE])
+    return BOOTSTRAP_IMAGE
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ServingError(f"{' '.join(command[:3])} ... failed:\n{(done.stdout + done.stderr)[-2000:]}")
+
+
+def _pip() -> list[str]:
+    # The Makefile points this at the pip beside uv (a Python 3.11 venv in ~/.cache/onebox).
+    configured = os.environ.get("ONEBOX_PIP")
+    return [configured] if configured else [sys.executable, "-m", "pip"]
+
+
+def _wheel_requirements(requirements: Path) -> list[str]:
+    """The pinned requirements some Linux x86-64 CPython 3.11 needs, markers resolved.
+
+    pip evaluates markers for the interpreter running it, not for the image; the images run
+    3.11.2 (Debian bookworm) or a newer 3.11 (python:3.11-slim), so a requirement goes into the
+    wheelhouse when either needs it. A wheel a Python does not need is simply not installed.
+    """
+    from packaging.requirements import Requirement
+
+    targets = [
+        {"python_full_version": full, "python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
+         "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
+         "platform_python_implementation": "CPython"}
+        for full in ("3.11.2", "3.11.99")
+    ]  # fmt: skip
+    wanted = []
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is None or any(requirement.marker.evaluate(env) for env in targets):
+            wanted.append(f"{requirement.name}{requirement.specifier}")
+    return wanted
+
+
+def ensure_wheelhouse(group: str, cache: Path) -> Path:
+    """Download the wheels of compose/requirements/GROUP.txt for Linux x86-64 CPython 3.11, once."""
+    requirements = COMPOSE_DIR / "requirements" / f"{group}.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    target = cache / group / digest
+    if (target / ".complete").is_file():
+        return target
+    staging = target.with_name(digest + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    wanted = staging / ".requirements.txt"
+    wanted.write_text("\n".join(_wheel_requirements(requirements)) + "\n")
+    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+    _run([
+        *_pip(), "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
+        "--python-version", "3.11", "--implementation", "cp", *platforms,
+        "-r", str(wanted), "-d", str(staging),
+    ])  # fmt: skip
+    (staging / ".complete").touch()
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def _fresh_context(settings: Settings, name: str) -> Path:
+    context = settings.home / "build" / name
+    if context.exists():
+        shutil.rmtree(context)
+    context.mkdir(parents=True)
+    return context
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file() and not item.name.startswith("."):
+            try:
+                os.link(item, target / item.name)  # no copy when the cache shares the file system
+            except OSError:
+                shutil.copy2(item, target / item.name)
+
+
+def build_image(context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str] | None = None) -> str:
+    """docker build; returns the image id. Raises ServingError with the build's last lines."""
+    import docker
+
+    try:
+        image, _ = _docker().images.build(
+            path=str(context), tag=tag, buildargs=buildargs, labels=labels or {}, rm=True, forcerm=True
+        )
+    except docker.errors.BuildError as error:
+        lines = [str(chunk.get("stream", chunk.get("error", ""))).rstrip() for chunk in error.build_log]
+        tail = "\n".join(line for line in lines if line)[-2000:]
+        raise ServingError(f"building {tag} failed:\n{tail}") from error
+    return str(image.id)
+
+
+def _python_image(settings: Settings, name: str, group: str, base: str, extra: dict[str, Path]) -> str:
+    context = _fresh_context(settings, name)
+    shutil.copy2(COMPOSE_DIR / name / "Dockerfile", context / "Dockerfile")
+    shutil.copy2(COMPOSE_DIR / "requirements" / f"{group}.txt", context / "requirements.txt")
+    _link_tree(ensure_wheelhouse(group, settings.wheelhouse_dir), context / "wheels")
+    for relative, source in extra.items():
+        destination = context / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    tag = f"onebox/{name}:{settings.image_tag}"
+    build_image(context, tag, {"BASE_IMAGE": base})
+    return tag
+
+
+def build_appliance_images(settings: Settings) -> ApplianceImages:
+    """Build (or find cached) every image the appliance runs, except model images."""
+    base = resolve_base_image(settings.base_image)
+    serving_files = {f"app/{relative}": SOURCE_ROOT / relative for relative in SERVING_FILES}
+    runtime = _python_image(settings, "runtime", "serving", base, serving_files)
+    mlflow = _python_image(
+        settings, "mlflow", "mlflow", base, {"mlflow-server.sh": COMPOSE_DIR / "mlflow" / "mlflow-server.sh"}
+    )
+    prefect = _python_image(settings, "prefect", "prefect", base, {})
+    context = _fresh_context(settings, "gateway")
+    for name in ("Dockerfile", "nginx.conf", "gateway.sh"):
+        shutil.copy2(COMPOSE_DIR / "gateway" / name, context / name)
+    gateway = f"onebox/gateway:{settings.image_tag}"
+    build_image(context, gateway, {"BASE_IMAGE": base})
+    return ApplianceImages(runtime=runtime, mlflow=mlflow, prefect=prefect, gateway=gateway)
+
+
+def model_image_tag(settings: Settings, version: str) -> str:
+    return f"onebox/model:{settings.model_name}-v{version}"
+
+
+def build_model_image(settings: Settings, bundle: Path, metadata: ModelMetadata) -> str:
+    """A thin image: the serving runtime plus one model bundle. Seconds, no network."""
+    runtime = f"onebox/runtime:{settings.image_tag}"
+    if not image_exists(runtime):
+        raise ServingError(f"the serving runtime image {runtime} is missing; run: make up")
+    context = _fresh_context(settings, "model")
+    shutil.copy2(COMPOSE_DIR / "model" / "Dockerfile", context / "Dockerfile")
+    shutil.copytree(bundle, context / "bundle")
+    tag = model_image_tag(settings, metadata.model_version)
+    labels = {"onebox.model_name": metadata.model_name, "onebox.model_version": metadata.model_version}
+    build_image(context, tag, {"RUNTIME_IMAGE": runtime}, labels)
+    return tag
