@@ -14,7 +14,7 @@ VENV := .venv
 export ONEBOX_PIP := $(UV_HOME)/bin/pip
 BIN := $(VENV)/bin
 
-.PHONY: help setup demo train serve stop status up down requirements test lint format clean
+.PHONY: help setup demo train serve stop status up down bench requirements test lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ up: setup ## Build the appliance's images offline and start it (MLflow, Prefect,
 
 down: setup ## Stop the appliance (data volumes stay)
 	$(BIN)/onebox down
+
+bench: setup ## Benchmarks (docker): cold up, swap time and failures, idle memory -> benchmarks/results/
+	$(BIN)/python benchmarks/appliance.py
 
 requirements: $(UV) ## Export the images' pinned requirements from uv.lock
 	for group in serving mlflow prefect; do \

@@ -43,10 +43,24 @@ def _other(color: str) -> str:
     return "green" if color == "blue" else "blue"
 
 
+class _Phases:
+    """Seconds spent in each named phase, for benchmarks and logs."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self._last, 3)
+        self._last = now
+
+
 class ComposeRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state_path = settings.compose_dir / "state.env"
+        self.last_deploy_phases: dict[str, float] = {}
 
     # -- persisted state ---------------------------------------------------------------
     def state(self) -> dict[str, str]:
@@ -181,8 +195,10 @@ class ComposeRuntime:
         Raises:
             ServingError: the new model did not become healthy or answer; the old one keeps serving.
         """
+        clock = _Phases()
         metadata = ModelMetadata.read(bundle / "metadata.json")
         image = build_model_image(self.settings, bundle, metadata)
+        clock.mark("build_image")
         state = self.state()
         live = state["ONEBOX_LIVE_COLOR"]
         idle = _other(live) if live in COLORS else "blue"
@@ -191,10 +207,12 @@ class ComposeRuntime:
         try:
             self.compose("up", "-d", "--no-deps", "--force-recreate", service, profiles=(idle,))
             self._wait_healthy((service,), self.settings.serve_ready_timeout_s)
+            clock.mark("start_until_healthy")
             container = self._container(service)
             code, output = container.exec_run(["python3", "-m", "serving.health", "http://127.0.0.1:3000"])
             if code != 0:
                 raise ServingError(output.decode(errors="replace").strip())
+            clock.mark("smoke_in_container")
             self._switch_gateway(idle)
         except ServingError as error:
             self.compose("rm", "-f", "-s", service, profiles=(idle,), check=False)
@@ -208,10 +226,12 @@ class ComposeRuntime:
                 self._switch_gateway(live)
                 self._write_state(state)
             raise
+        clock.mark("switch_and_confirm")
         if live in COLORS:
             time.sleep(self.settings.drain_s)  # in-flight requests on the old color finish
-            self.compose("stop", f"model-{live}", profiles=(live,))
-            self.compose("rm", "-f", f"model-{live}", profiles=(live,))
+            self.compose("rm", "-f", "-s", f"model-{live}", profiles=(live,))
+            clock.mark("drain_and_stop_old")
+        self.last_deploy_phases = clock.phases
         return ServerState(
             pid=0,
             model_name=metadata.model_name,

@@ -6,12 +6,8 @@ One stack per module under a unique compose project, ports and model name; torn 
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -19,6 +15,7 @@ import numpy as np
 import pytest
 
 from serving.compose import ComposeRuntime
+from serving.loadtest import SteadyLoad
 from storage.errors import ServingError
 from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
 from storage.settings import Settings, get_settings
@@ -115,60 +112,12 @@ def test_train_through_the_appliance_serves_via_the_gateway(appliance: Settings)
     assert "<html" in httpx.get(f"{appliance.serve_url}/").text.lower()  # Swagger UI through the gateway
 
 
-@dataclass
-class Load:
-    """Clients sending predictions at a steady rate until told to stop and enough were sent."""
-
-    url: str
-    rate_per_client: float = 40.0
-    clients: int = 3
-    answers: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def _client(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            next_at = time.monotonic()
-            while not self.stop.is_set():
-                try:
-                    answer = predict(client, self.url)
-                    if answer.status_code == 200:
-                        self.answers[answer.json()["model_version"]] += 1
-                    else:
-                        self.failures.append(f"{answer.status_code}: {answer.text[:200]}")
-                except httpx.HTTPError as error:
-                    self.failures.append(repr(error))
-                next_at += 1 / self.rate_per_client
-                time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def finish(self, at_least: int, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.sent < at_least and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-
-    @property
-    def sent(self) -> int:
-        return sum(self.answers.values()) + len(self.failures)
-
-
 def test_better_model_swaps_in_with_zero_failed_requests(appliance: Settings) -> None:
     from flows.pipeline import training_pipeline
 
     before = version_by_alias(appliance, PRODUCTION)
     assert before is not None
-    with Load(appliance.serve_url) as load:
+    with SteadyLoad(appliance.serve_url) as load:
         result = training_pipeline(epochs=4, seed=1, deploy=True, min_improvement=-1.0)
         load.finish(at_least=SWAP_REQUESTS)
 
@@ -193,7 +142,7 @@ def test_broken_model_is_refused_and_the_old_one_keeps_serving(appliance: Settin
     runtime = ComposeRuntime(appliance)
     state = runtime.state()
 
-    with Load(appliance.serve_url, clients=1) as load:
+    with SteadyLoad(appliance.serve_url, clients=1) as load:
         with pytest.raises(ServingError, match="v999 was not switched to"):
             runtime.deploy(broken)
         load.finish(at_least=50)
@@ -209,7 +158,7 @@ def test_rollback_then_down_and_up_restore_serving(appliance: Settings) -> None:
 
     production = version_by_alias(appliance, PRODUCTION)
     assert production is not None
-    with Load(appliance.serve_url, clients=2) as load:
+    with SteadyLoad(appliance.serve_url, clients=2) as load:
         version, url = rollback(appliance)
         load.finish(at_least=200)
 
