@@ -84,8 +84,12 @@ def main() -> int:
         with SteadyLoad(settings.serve_url, clients=3, rate_per_client=40) as load:
             time.sleep(2)
             started = time.perf_counter()
-            deploy_and_promote(settings, second.model_version)
-            results["registered_to_serving_s"] = round(time.perf_counter() - started, 1)
+            deploy_and_promote(settings, second.model_version, runtime=runtime)
+            total = time.perf_counter() - started
+            # The new version serves (and is production) before the old color drains and stops.
+            retiring = runtime.last_deploy_phases.get("drain_and_stop_old", 0.0)
+            results["registered_to_serving_s"] = round(total - retiring, 1)
+            results["registered_to_old_color_stopped_s"] = round(total, 1)
             load.finish(at_least=SWAP_REQUESTS)
         results["swap_phases_s"] = runtime.last_deploy_phases
         results["swap_requests_sent"] = load.sent

@@ -160,7 +160,8 @@ def demo(epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epo
     console.print("  stop it:     .venv/bin/onebox stop   (`make demo` again trains a challenger)")
 
 
-def _ensure_production_served(settings: Settings) -> Any:
+def _ensure_production_served(settings: Settings, *, restart: bool = False) -> Any:
+    """Serve the production version unless it already serves (or ``restart``)."""
     from serving.runtime import runtime_for
     from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
 
@@ -169,9 +170,12 @@ def _ensure_production_served(settings: Settings) -> Any:
         raise _fail("no production model yet; train one with: onebox train")
     runtime = runtime_for(settings)
     current = runtime.current()
-    if current is not None and current.model_version == production.version:
+    if not restart and current is not None and current.model_version == production.version:
         return current
-    return runtime.deploy(materialize_bundle(settings, production.version))
+    # A deploy of the same version restarts it: stop-start locally, blue/green in the appliance.
+    state = runtime.deploy(materialize_bundle(settings, production.version))
+    runtime.retire_previous()
+    return state
 
 
 @app.command()
@@ -213,12 +217,8 @@ def report(
 @app.command()
 def serve() -> None:
     """(Re)start serving the production model."""
-    from serving.runtime import runtime_for
-
-    settings = _settings()
-    runtime_for(settings).stop()
-    state = _ensure_production_served(settings)
-    console.print(f"model {state.model_name} v{state.model_version} serves at {state.url}/ (pid {state.pid})")
+    state = _ensure_production_served(_settings(), restart=True)
+    console.print(f"model {state.model_name} v{state.model_version} serves at {state.url}/")
 
 
 @app.command()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from flows.evaluate import Evaluation, evaluate_probabilities
 from flows.prepare import PreparedData
 from serving.predictor import OnnxPredictor
-from serving.runtime import runtime_for
+from serving.runtime import Runtime, runtime_for
 from storage.errors import ModelError
 from storage.registry import PREVIOUS, PRODUCTION, materialize_bundle, move_production_alias, version_by_alias
 from storage.settings import Settings
@@ -82,15 +82,19 @@ def decide_promotion(
     )
 
 
-def deploy_and_promote(settings: Settings, version: str) -> str:
+def deploy_and_promote(settings: Settings, version: str, *, runtime: Runtime | None = None) -> str:
     """Serve ``version``, check it answers, then point ``production`` at it; returns the serving URL.
+
+    The replaced model is retired only after the alias moved: production always names a model
+    that is serving.
 
     Raises:
         ServingError: the new model did not become ready; the alias has not moved.
     """
-    bundle = materialize_bundle(settings, version)
-    state = runtime_for(settings).deploy(bundle)
+    runtime = runtime or runtime_for(settings)
+    state = runtime.deploy(materialize_bundle(settings, version))
     move_production_alias(settings, version)
+    runtime.retire_previous()
     return state.url
 
 

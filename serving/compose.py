@@ -61,6 +61,7 @@ class ComposeRuntime:
         self.settings = settings
         self.state_path = settings.compose_dir / "state.env"
         self.last_deploy_phases: dict[str, float] = {}
+        self._retiring: str | None = None  # the color a deploy replaced, until retire_previous()
 
     # -- persisted state ---------------------------------------------------------------
     def state(self) -> dict[str, str]:
@@ -170,12 +171,11 @@ class ComposeRuntime:
         container = self._container(f"model-{live}")
         if container is None or container.status != "running":
             return None
-        labels = container.image.labels or {}
-        image = state[f"ONEBOX_MODEL_{live.upper()}_IMAGE"]
+        image = state[f"ONEBOX_MODEL_{live.upper()}_IMAGE"]  # onebox/model:NAME-vVERSION
         return ServerState(
             pid=0,
-            model_name=labels.get("onebox.model_name", self.settings.model_name),
-            model_version=labels.get("onebox.model_version", image.rsplit("-v", 1)[-1]),
+            model_name=self.settings.model_name,
+            model_version=image.rsplit("-v", 1)[-1],
             bundle=image,
             url=self.settings.serve_url,
             started=container.attrs["State"].get("StartedAt", ""),
@@ -191,6 +191,9 @@ class ComposeRuntime:
 
     def deploy(self, bundle: Path) -> ServerState:
         """Swap the model behind the gateway for ``bundle`` with no failed requests.
+
+        Returns once the gateway serves the new model; the old color still runs until
+        :meth:`retire_previous`, so the caller can move the production alias first.
 
         Raises:
             ServingError: the new model did not become healthy or answer; the old one keeps serving.
@@ -227,11 +230,8 @@ class ComposeRuntime:
                 self._write_state(state)
             raise
         clock.mark("switch_and_confirm")
-        if live in COLORS:
-            time.sleep(self.settings.drain_s)  # in-flight requests on the old color finish
-            self.compose("rm", "-f", "-s", f"model-{live}", profiles=(live,))
-            clock.mark("drain_and_stop_old")
         self.last_deploy_phases = clock.phases
+        self._retiring = live if live in COLORS else None
         return ServerState(
             pid=0,
             model_name=metadata.model_name,
@@ -240,6 +240,16 @@ class ComposeRuntime:
             url=self.settings.serve_url,
             started=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+
+    def retire_previous(self) -> None:
+        """After a deploy: let the old color drain, then stop and remove it."""
+        if self._retiring is None:
+            return
+        started = time.perf_counter()
+        time.sleep(self.settings.drain_s)  # in-flight requests on the old color finish
+        self.compose("rm", "-f", "-s", f"model-{self._retiring}", profiles=(self._retiring,))
+        self.last_deploy_phases["drain_and_stop_old"] = round(time.perf_counter() - started, 3)
+        self._retiring = None
 
     def _await_gateway_version(self, metadata: ModelMetadata, timeout_s: float = 20) -> None:
         """Wait until predictions through the gateway come from ``metadata``'s version.

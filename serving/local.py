@@ -151,6 +151,9 @@ class LocalRuntime:
                 self.start(Path(previous.bundle))
             raise
 
+    def retire_previous(self) -> None:
+        """Nothing to do: a local deploy stops the old server before it starts the new one."""
+
     def _startup_failed(self, log_offset: int) -> bool:
         # BentoML's supervisor keeps restarting a worker whose model fails to load, so the
         # process lives on; its log says so at once, which saves waiting for the timeout.

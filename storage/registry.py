@@ -42,7 +42,9 @@ def configure_mlflow(settings: Settings) -> str:
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        artifact_location = settings.mlflow_artifacts_dir.as_uri() if settings.tracking_uri is None else None
+        # A local store keeps artifacts beside its database; a tracking server chooses (and serves) its own.
+        local = not settings.mlflow_tracking_uri.startswith(("http://", "https://"))
+        artifact_location = settings.mlflow_artifacts_dir.as_uri() if local else None
         return str(mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location))
     except mlflow.exceptions.MlflowException:
         # Another process created it between our look-up and create.

@@ -84,6 +84,16 @@ def test_gateway_without_a_model_says_how_to_train_one(appliance: Settings) -> N
     assert "onebox train" in answer.json()["error"]
 
 
+def test_a_second_build_rebuilds_nothing(appliance: Settings) -> None:
+    from serving.images import _docker, build_appliance_images
+
+    def image_ids() -> dict[str, str]:
+        tags = vars(build_appliance_images(appliance)).values()
+        return {tag: _docker().images.get(tag).id for tag in tags}
+
+    assert image_ids() == image_ids()
+
+
 def test_ports_listen_on_loopback_only(appliance: Settings) -> None:
     runtime = ComposeRuntime(appliance)
     for service in ("mlflow", "prefect", "gateway"):

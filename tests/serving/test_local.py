@@ -61,3 +61,28 @@ def test_start_status_stop(settings, trained: TrainedPipeline) -> None:
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{state.url}/readyz")
     assert runtime.stop() is None
+
+
+def test_onebox_serve_restarts_the_production_model(trained: TrainedPipeline) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    settings = trained.settings
+    before = LocalRuntime(settings).current()
+    env = {**os.environ, "ONEBOX_HOME": str(settings.home), "ONEBOX_SERVE_PORT": str(settings.serve_port)}
+    cli = str(Path(sys.executable).with_name("onebox"))
+    done = subprocess.run([cli, "serve"], env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(
+        subprocess.run(
+            [cli, "status", "--json"], env=env, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )
+    production = version_by_alias(settings, PRODUCTION)
+    assert production is not None
+    assert status["served_version"] == production.version
+    assert status["healthy"] is True
+    assert before is not None
+    assert status["pid"] != before.pid  # a new server process
