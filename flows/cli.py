@@ -222,6 +222,24 @@ def serve() -> None:
 
 
 @app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="model, or in the appliance: mlflow, prefect, gateway.")] = "model",
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 100,
+) -> None:
+    """Recent logs of the model server (or of an appliance service)."""
+    from serving.compose import ComposeRuntime
+    from serving.runtime import runtime_for
+
+    runtime = runtime_for(_settings())
+    if isinstance(runtime, ComposeRuntime):
+        print(runtime.logs(lines=lines, service=service))
+    elif service != "model":
+        raise _fail(f"{service!r} runs only in the appliance (make up); the local runtime has only the model")
+    else:
+        print(runtime.logs(lines=lines))
+
+
+@app.command()
 def up() -> None:
     """Build the appliance's images (offline) and start it: MLflow, Prefect, gateway, live model."""
     from serving.compose import ComposeRuntime
@@ -283,7 +301,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         "served_version": state.model_version if state else None,
         "production_version": production.version if production else None,
         "url": state.url if state else None,
-        "pid": state.pid if state else None,
+        "pid": state.pid if state and state.pid else None,  # the appliance has containers, not a pid
         "since": state.started if state else None,
         "runtime": settings.runtime,
         "home": str(settings.home),

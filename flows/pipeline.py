@@ -38,7 +38,7 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
 def train_model(
     data: prepare.PreparedData, epochs: int, learning_rate: float, batch_size: int, seed: int, device: str
 ) -> train.TrainingResult:
-    def report(stats: train.EpochStats) -> None:
+    def print_epoch(stats: train.EpochStats) -> None:
         print(
             f"epoch {stats.epoch}/{epochs}: loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f} "
             f"| val loss {stats.val_loss:.4f} val acc {stats.val_accuracy:.4f}"
@@ -51,7 +51,7 @@ def train_model(
         batch_size=batch_size,
         seed=seed,
         device=device,
-        on_epoch=report,
+        on_epoch=print_epoch,
     )
     print(f"trained on {result.device} in {result.seconds:.1f} s")
     return result

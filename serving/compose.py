@@ -135,6 +135,12 @@ class ComposeRuntime:
                     raise ServingError(f"{service} exited while starting:\n{logs}")
                 if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
                     pending.remove(service)
+                    continue
+                # BentoML's supervisor restarts a worker whose model fails to load, so the container
+                # stays "running"; its log says so at once, which saves waiting for the timeout.
+                logs = container.logs(tail=40).decode(errors="replace")
+                if "Application startup failed" in logs:
+                    raise ServingError(f"{service} could not load its model:\n{logs[-1500:]}")
             time.sleep(0.5)
         if pending:
             raise ServingError(f"not healthy within {timeout_s:.0f} s: {', '.join(pending)}")
@@ -240,6 +246,15 @@ class ComposeRuntime:
             url=self.settings.serve_url,
             started=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+
+    def logs(self, *, lines: int = 100, service: str = "model") -> str:
+        """Recent logs of an appliance service; ``model`` means the live model color."""
+        if service == "model":
+            live = self.state()["ONEBOX_LIVE_COLOR"]
+            if live not in COLORS:
+                return "no model is deployed yet"
+            service = f"model-{live}"
+        return self.compose("logs", "--no-color", "--tail", str(lines), service, profiles=COLORS).stdout
 
     def retire_previous(self) -> None:
         """After a deploy: let the old color drain, then stop and remove it."""

@@ -151,6 +151,12 @@ class LocalRuntime:
                 self.start(Path(previous.bundle))
             raise
 
+    def logs(self, *, lines: int = 100) -> str:
+        """The last ``lines`` lines of the model server's log."""
+        if not self.log_path.is_file():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
     def retire_previous(self) -> None:
         """Nothing to do: a local deploy stops the old server before it starts the new one."""
 

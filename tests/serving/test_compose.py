@@ -28,6 +28,8 @@ SWAP_REQUESTS = 2000
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Settings]:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tests.conftest import docker_problem
@@ -55,6 +57,10 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) ->
         assert settings.prefect_api_url
         with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
             yield settings
+            # Send the flow runs' last logs and events while the stack's Prefect server still
+            # answers; left queued, they stall the test harness's shutdown later.
+            APILogWorker.drain_all(timeout=30)
+            EventsWorker.drain_all(timeout=30)
     finally:
         runtime.down(volumes=True)
         from serving.images import _docker

@@ -86,3 +86,5 @@ def test_onebox_serve_restarts_the_production_model(trained: TrainedPipeline) ->
     assert status["healthy"] is True
     assert before is not None
     assert status["pid"] != before.pid  # a new server process
+    logs = subprocess.run([cli, "logs", "-n", "20"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert "BentoServer" in logs.stdout
