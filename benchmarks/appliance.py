@@ -63,7 +63,7 @@ def main() -> int:
     from flows.pipeline import training_pipeline
     from flows.promote import deploy_and_promote
     from serving.compose import ComposeRuntime
-    from serving.images import build_appliance_images
+    from serving.images import build_appliance_images, remove_model_images
     from serving.loadtest import SteadyLoad
 
     runtime = ComposeRuntime(settings)
@@ -104,6 +104,7 @@ def main() -> int:
         results["idle_memory_total_mib"] = round(sum(memory.values()), 1)
     finally:
         runtime.down(volumes=True)
+        remove_model_images(settings)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -222,6 +222,18 @@ def model_image_tag(settings: Settings, version: str) -> str:
     return f"onebox/model:{settings.model_name}-v{version}"
 
 
+def remove_model_images(settings: Settings) -> int:
+    """Delete every model image of ``settings.model_name``; returns how many went."""
+    prefix = f"onebox/model:{settings.model_name}-v"
+    client = _docker()
+    doomed = [
+        image for image in client.images.list(name="onebox/model") if any(t.startswith(prefix) for t in image.tags)
+    ]
+    for image in doomed:
+        client.images.remove(image.id, force=True)
+    return len(doomed)
+
+
 def build_model_image(settings: Settings, bundle: Path, metadata: ModelMetadata) -> str:
     """A thin image: the serving runtime plus one model bundle. Seconds, no network."""
     runtime = f"onebox/runtime:{settings.image_tag}"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from serving.compose import ComposeRuntime
+from serving.images import remove_model_images
 from serving.loadtest import SteadyLoad
 from storage.errors import ServingError
 from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
@@ -63,11 +64,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) ->
             EventsWorker.drain_all(timeout=30)
     finally:
         runtime.down(volumes=True)
-        from serving.images import _docker
-
-        for image in _docker().images.list(name="onebox/model"):
-            if any(tag.startswith(f"onebox/model:{settings.model_name}-") for tag in image.tags):
-                _docker().images.remove(image.id, force=True)
+        remove_model_images(settings)
         patch.undo()
         get_settings.cache_clear()
 
