@@ -29,32 +29,31 @@ def _requirement(package: str) -> str:
     return f"{package}=={version(package).split('+')[0]}"
 
 
+def _code_version() -> str:
+    """The checkout's commit, marked when tracked files have uncommitted changes."""
+    import subprocess
+
+    source = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(source), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return commit + (" (uncommitted changes)" if dirty else "")
+
+
 def environment_tags() -> dict[str, str]:
     """Code version and environment, for the report: git commit, Python, torch, CUDA, host."""
     import platform
-    import subprocess
 
     import torch
 
-    source = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        commit += " (uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        commit = "not a git checkout"
+    commit = _code_version()
     cuda = torch.version.cuda or "none"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return {

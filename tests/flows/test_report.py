@@ -48,6 +48,9 @@ def test_first_run_logs_a_report_without_comparison(trained: TrainedPipeline) ->
     assert all(png.startswith(PNG_MAGIC) for png in images.values())
     assert "http://" not in html.replace("http://www.w3.org", "")  # self-contained: nothing fetched
     assert "onebox-classifier v1" in html
+    tags = MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.tags
+    assert re.fullmatch(r"[0-9a-f]{12}( \(uncommitted changes\))?|not a git checkout", tags["onebox.git_commit"])
+    assert tags["onebox.git_commit"] in html
 
 
 def test_challenger_report_matches_the_metrics_logged_to_mlflow(trained: TrainedPipeline) -> None:
