@@ -178,7 +178,14 @@ def build_image(context: Path, tag: str, buildargs: dict[str, str], *, offline: 
     import docker
 
     try:
-        image, _ = _docker().images.build(path=str(context), tag=tag, buildargs=buildargs, rm=True, forcerm=True)
+        image, _ = _docker().images.build(
+            path=str(context),
+            tag=tag,
+            buildargs=buildargs,
+            rm=True,
+            forcerm=True,
+            network_mode="none" if offline else None,
+        )
     except docker.errors.BuildError as error:
         lines = [str(chunk.get("stream", chunk.get("error", ""))).rstrip() for chunk in error.build_log]
         tail = "\n".join(line for line in lines if line)[-2000:]
