@@ -9,6 +9,7 @@ which docker compose reads, so the appliance comes back as it was after a restar
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -28,19 +29,25 @@ COLORS = ("blue", "green")
 APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway")
 
 
-def compose_command() -> list[str]:
-    """The `docker compose` plugin when present, else the standalone `docker-compose`."""
+@functools.cache
+def compose_command() -> tuple[str, ...]:
+    """The `docker compose` plugin when present, else the standalone `docker-compose` (probed once)."""
     if shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
         if probe.returncode == 0:
-            return ["docker", "compose"]
+            return ("docker", "compose")
     if shutil.which("docker-compose"):
-        return ["docker-compose"]
+        return ("docker-compose",)
     raise ServingError("neither `docker compose` nor `docker-compose` is installed")
 
 
 def _other(color: str) -> str:
     return "green" if color == "blue" else "blue"
+
+
+def _image_key(color: str) -> str:
+    """The state.env variable that names the image ``color`` runs."""
+    return f"ONEBOX_MODEL_{color.upper()}_IMAGE"
 
 
 class _Phases:
@@ -65,7 +72,7 @@ class ComposeRuntime:
 
     # -- persisted state ---------------------------------------------------------------
     def state(self) -> dict[str, str]:
-        state = {"ONEBOX_LIVE_COLOR": "none", "ONEBOX_MODEL_BLUE_IMAGE": "", "ONEBOX_MODEL_GREEN_IMAGE": ""}
+        state = {"ONEBOX_LIVE_COLOR": "none", **{_image_key(color): "" for color in COLORS}}
         if self.state_path.is_file():
             for line in self.state_path.read_text().splitlines():
                 key, _, value = line.partition("=")
@@ -177,7 +184,7 @@ class ComposeRuntime:
         container = self._container(f"model-{live}")
         if container is None or container.status != "running":
             return None
-        image = state[f"ONEBOX_MODEL_{live.upper()}_IMAGE"]  # onebox/model:NAME-vVERSION
+        image = state[_image_key(live)]  # onebox/model:NAME-vVERSION
         return ServerState(
             pid=0,
             model_name=self.settings.model_name,
@@ -212,7 +219,7 @@ class ComposeRuntime:
         live = state["ONEBOX_LIVE_COLOR"]
         idle = _other(live) if live in COLORS else "blue"
         service = f"model-{idle}"
-        self._write_state({**state, f"ONEBOX_MODEL_{idle.upper()}_IMAGE": image})
+        self._write_state({**state, _image_key(idle): image})
         try:
             self.compose("up", "-d", "--no-deps", "--force-recreate", service, profiles=(idle,))
             self._wait_healthy((service,), self.settings.serve_ready_timeout_s)
@@ -227,7 +234,7 @@ class ComposeRuntime:
             self.compose("rm", "-f", "-s", service, profiles=(idle,), check=False)
             self._write_state(state)
             raise ServingError(f"model v{metadata.model_version} was not switched to: {error}") from error
-        self._write_state({**state, f"ONEBOX_MODEL_{idle.upper()}_IMAGE": image, "ONEBOX_LIVE_COLOR": idle})
+        self._write_state({**state, _image_key(idle): image, "ONEBOX_LIVE_COLOR": idle})
         try:
             self._await_gateway_version(metadata)
         except ServingError:

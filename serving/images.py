@@ -9,6 +9,7 @@ layer cache makes a second build of unchanged inputs a no-op.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -50,7 +51,9 @@ class ApplianceImages:
     gateway: str
 
 
+@functools.cache
 def _docker():  # type: ignore[no-untyped-def]
+    """One client per process (a failure to connect is not cached: the next call tries again)."""
     import docker
 
     try:
