@@ -14,7 +14,7 @@ VENV := .venv
 export ONEBOX_PIP := $(UV_HOME)/bin/pip
 BIN := $(VENV)/bin
 
-.PHONY: help setup demo train serve stop status up down bench requirements test lint format clean
+.PHONY: help setup demo train serve stop status up down worker register bench requirements test lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ up: setup ## Build the appliance's images offline and start it (MLflow, Prefect,
 
 down: setup ## Stop the appliance (data volumes stay)
 	$(BIN)/onebox down
+
+worker: setup ## Run a Prefect worker here for pool 'onebox': it runs the flows started in the Prefect UI
+	$(BIN)/onebox worker
+
+register: setup ## Register the flows with the appliance's Prefect server again (make up does it)
+	$(BIN)/onebox register
 
 bench: setup ## Benchmarks (docker): cold up, swap time and failures, idle memory -> benchmarks/results/
 	$(BIN)/python benchmarks/appliance.py

@@ -51,7 +51,12 @@ def data_import(
     """Import an image folder as a new, content-hashed dataset version."""
     from storage.datasets import import_image_folder
 
-    version = import_image_folder(path, name=name, settings=_settings())
+    settings = _settings()
+    version = import_image_folder(path, name=name, settings=settings)
+    if settings.runtime == "compose":
+        from flows.deployments import register_all
+
+        register_all(settings)  # the run form's dataset list now offers it
     console.print(
         f"dataset [bold]{version.name}[/] version [bold]{version.version}[/]: {version.num_images} images, "
         f"{len(version.classes)} classes, stored as {'x'.join(map(str, version.image_shape))} "
@@ -113,29 +118,139 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="Deploy if the gate passes.")] = True,
     min_improvement: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Accuracy gain needed to promote.")] = 0.0,
+    here: Annotated[
+        bool, typer.Option("--here", help="Run in this process even when the appliance's worker is up.")
+    ] = False,
 ) -> None:
-    """Run the training pipeline (a Prefect flow) and print what it decided."""
+    """Run the training pipeline (a Prefect flow) and print what it decided.
+
+    With the appliance up and a worker polling, the run is the registered deployment's, executed
+    by the worker (as if started from the Prefect UI); this command follows its logs.
+    """
     from flows.train import resolve_device
     from storage.datasets import resolve_dataset
 
     settings = _settings()
     # Checked before the flow starts, so a user's mistake prints one line, not a flow traceback.
-    resolve_device(device)
+    if device not in {"auto", "cpu", "cuda"}:
+        raise _fail(f"device {device!r} is unknown; use auto, cpu or cuda", code=2)
     resolve_dataset(dataset, dataset_version, settings)
-    result = _run_pipeline(
-        dataset=dataset,
-        dataset_version=dataset_version,
-        epochs=epochs,
-        learning_rate=lr,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        deploy=deploy,
-        min_improvement=min_improvement,
-    )
+    parameters = {
+        "dataset": dataset,
+        "dataset_version": dataset_version,
+        "epochs": epochs,
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": device,
+        "deploy": deploy,
+        "min_improvement": min_improvement,
+    }
+    if settings.runtime == "compose" and not here:
+        workers = _online_workers()
+        if workers:
+            _train_on_worker(settings, parameters, workers)
+            return
+        console.print(
+            "[yellow]no worker polls the pool 'onebox' (start one: onebox worker); training in this process, "
+            "recorded by the appliance's Prefect server[/]"
+        )
+    resolve_device(device)
+    result = _run_pipeline(**parameters)
     _print_result(result, settings)
     if result.served_url:
         console.print(f"serving at {result.served_url}/ (Swagger UI)")
+
+
+def _online_workers() -> list[str]:
+    from flows.remote import online_workers
+
+    return online_workers()
+
+
+def _train_on_worker(settings: Settings, parameters: dict[str, Any], workers: list[str]) -> None:
+    from flows import remote
+    from flows.report import read_run
+
+    flow_run_id, name = remote.start("training-pipeline", parameters)
+    console.print(f"flow run [bold]{name}[/] started on the worker ({', '.join(workers)}): ")
+    console.print(f"  {remote.flow_run_url(settings, flow_run_id)}")
+    try:
+        outcome = remote.follow(flow_run_id, lambda line: console.print(f"  {line}", highlight=False, markup=False))
+    except KeyboardInterrupt:
+        console.print("\nstopped following; the run goes on (see the Prefect UI)")
+        raise typer.Exit(130) from None
+    if not outcome.completed:
+        raise _fail(f"flow run {name} ended {outcome.state}: {outcome.message}")
+    run_id = remote.mlflow_run_for(settings, flow_run_id)
+    if run_id is None:
+        raise _fail(f"flow run {name} completed but no MLflow run carries its id")
+    record = read_run(settings, run_id)
+    table = Table(show_header=False, box=None)
+    table.add_row("MLflow run", run_id)
+    table.add_row("model version", f"{settings.model_name} v{record.tags.get('onebox.model_version', '?')}")
+    table.add_row("dataset", record.tags.get("onebox.dataset", "?"))
+    accuracy, f1 = record.metrics.get("test_accuracy", float("nan")), record.metrics.get("test_macro_f1", float("nan"))
+    table.add_row("test accuracy", f"{accuracy:.4f} (macro-F1 {f1:.4f}) on {record.params.get('device_used', '?')}")
+    table.add_row("gate", record.tags.get("onebox.gate_reason", "-"))
+    console.print(table)
+
+
+@app.command()
+def register() -> None:
+    """Register every flow as a deployment of the appliance's Prefect server (make up does it too)."""
+    from flows.deployments import WORK_POOL, register_all
+
+    settings = _appliance_settings()
+    for deployment in register_all(settings):
+        console.print(f"registered {deployment.name} (work pool {WORK_POOL})")
+
+
+@app.command()
+def worker(
+    name: Annotated[str | None, typer.Option(help="Worker name (default: onebox-HOSTNAME).")] = None,
+    poll_seconds: Annotated[int, typer.Option(min=1, max=300, help="How often to ask for new runs.")] = 5,
+) -> None:
+    """Run a Prefect worker here, on the host with the GPU: it executes runs started in the Prefect UI."""
+    import os
+    import platform
+    import sys
+
+    from flows.deployments import WORK_POOL, register_all
+
+    settings = _appliance_settings()
+    register_all(settings)  # the forms the UI shows match this checkout's code
+    environment = {
+        **os.environ,
+        # The flow runs inherit this environment: the appliance's stores, compose deploys.
+        "ONEBOX_RUNTIME": "compose",
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", str(poll_seconds)),
+    }
+    worker_name = name or f"onebox-{platform.node()}"
+    console.print(f"worker {worker_name} polls work pool {WORK_POOL!r} at {os.environ['PREFECT_API_URL']}")
+    prefect = Path(sys.executable).with_name("prefect")
+    command = [str(prefect), "worker", "start", "--pool", WORK_POOL, "--type", "process", "--name", worker_name]
+    os.execve(prefect, command, environment)
+
+
+def _appliance_settings() -> Settings:
+    """Settings for commands that need the appliance's Prefect server; fails clearly when it is down."""
+    import os
+
+    import httpx
+
+    os.environ["ONEBOX_RUNTIME"] = "compose"
+    get_settings.cache_clear()
+    settings = get_settings()
+    prepare_environment(settings)
+    api = os.environ["PREFECT_API_URL"]
+    try:
+        healthy = httpx.get(f"{api}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    if not healthy:
+        raise _fail(f"the appliance's Prefect server does not answer at {api}; start the appliance: make up")
+    return settings
 
 
 @app.command()
@@ -246,12 +361,17 @@ def up() -> None:
 
     settings = get_settings().model_copy(update={"runtime": "compose"})
     state = ComposeRuntime(settings).up()
+    from flows.deployments import register_all
+
+    registered = register_all(_appliance_settings())
     live = state["ONEBOX_LIVE_COLOR"]
     console.print(f"appliance up (project {settings.compose_project}):")
     serving = f"live color {live}" if live != "none" else "no model yet: onebox train"
     console.print(f"  gateway:  {settings.serve_url}/   ({serving})")
     console.print(f"  MLflow:   http://127.0.0.1:{settings.mlflow_port}/")
-    console.print(f"  Prefect:  http://127.0.0.1:{settings.prefect_port}/")
+    deployments = ", ".join(r.name for r in registered)
+    console.print(f"  Prefect:  http://127.0.0.1:{settings.prefect_port}/   (deployments: {deployments})")
+    console.print("  run flows from the Prefect UI once a worker polls pool 'onebox': onebox worker (or make worker)")
 
 
 @app.command()

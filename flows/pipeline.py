@@ -11,17 +11,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows import evaluate, export, prepare, promote, report, tracking, train
+from flows.deployments import GPU_LIMIT, ensure_gpu_limit
 from storage.datasets import load_dataset, resolve_dataset
 from storage.settings import Settings, get_settings
 
 # Tasks pass arrays and models in memory (NO_CACHE): hashing them for a cache key would cost
 # more than it saves, and a rerun should train again anyway.
+#
+# Steps that talk to MLflow retry: the MLflow client already retries refused connections with
+# backoff, and a task retry covers what outlasts that (a server restarting). Registering and
+# deploying do not retry: a second attempt could register twice or race the first deploy.
+MLFLOW_RETRIES, MLFLOW_RETRY_DELAYS_S = 2, [5.0, 20.0]
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
@@ -32,6 +40,16 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
         f"{len(version.classes)} classes, shape {version.image_shape}"
     )
     return prepare.split_dataset(load_dataset(version), seed=seed)
+
+
+@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
+def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int) -> str:
+    tags = {"onebox.flow": "training-pipeline"}
+    if flow_run.id:
+        tags["onebox.prefect_flow_run_id"] = flow_run.id
+    run_id = tracking.start_run(settings, run_name=f"{data.dataset.name}-seed{seed}", tags=tags)
+    print(f"MLflow run {run_id}")
+    return run_id
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -77,7 +95,7 @@ def export_model(data: prepare.PreparedData, training: train.TrainingResult, fol
     return check
 
 
-@task(name="log-to-mlflow", cache_policy=NO_CACHE)
+@task(name="log-to-mlflow", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def log_run(
     settings: Settings,
     run_id: str,
@@ -110,7 +128,7 @@ def register(
     return version
 
 
-@task(name="promotion-gate", cache_policy=NO_CACHE)
+@task(name="promotion-gate", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def gate(
     settings: Settings,
     run_id: str,
@@ -148,8 +166,14 @@ def gate(
     return decision
 
 
-@task(name="report", cache_policy=NO_CACHE)
-def write_report(settings: Settings, run_id: str, decision: promote.GateDecision, served_url: str | None) -> str:
+@task(name="report", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
+def write_report(
+    settings: Settings,
+    run_id: str,
+    evaluation: evaluate.Evaluation,
+    decision: promote.GateDecision,
+    served_url: str | None,
+) -> str:
     baseline = decision.production_version if decision.production_evaluation is not None else None
     html = report.build_report(settings, run_id, baseline_version=baseline)
     uri = report.log_report(settings, run_id, html)
@@ -157,6 +181,11 @@ def write_report(settings: Settings, run_id: str, decision: promote.GateDecision
         key="training-summary",
         markdown=report.summary_markdown(settings, run_id, decision, served_url, uri),
         description=f"{settings.model_name} v{decision.challenger_version}: {decision.reason}",
+    )
+    create_table_artifact(
+        key="training-metrics",
+        table=report.metrics_table(evaluation, decision.production_evaluation),
+        description=f"{settings.model_name} v{decision.challenger_version} vs production, same test split",
     )
     print(f"evaluation report: {uri}")
     return uri
@@ -203,7 +232,13 @@ def training_pipeline(
     device: Annotated[
         Literal["auto", "cpu", "cuda"], Field(title="Device", description="auto: CUDA when present.")
     ] = "auto",
-    deploy: Annotated[bool, Field(title="Deploy", description="Off: train, evaluate and register only.")] = True,
+    deploy: Annotated[
+        bool,
+        Field(
+            title="Deploy when the gate passes",
+            description="Off: train only (train, evaluate, register and report; production is not touched).",
+        ),
+    ] = True,
     min_improvement: Annotated[
         float,
         Field(
@@ -227,14 +262,21 @@ def training_pipeline(
     }
     train.resolve_device(device)  # fail before any work when CUDA was asked for and is missing
     data = prepare_data(settings, dataset, dataset_version, seed)
-    run_id = tracking.start_run(
-        settings, run_name=f"{data.dataset.name}-seed{seed}", tags={"onebox.flow": "training-pipeline"}
-    )
-    get_run_logger().info("MLflow run %s", run_id)
+    run_id = start_mlflow_run(settings, data, seed)
     failed = True
     try:
-        training = train_model(data, epochs, learning_rate, batch_size, seed, device)
-        evaluation = evaluate_model(data, training)
+        # One slot of the `gpu` limit per training: two runs started together train one after
+        # the other. Serving never takes a slot.
+        ensure_gpu_limit()
+        logger = get_run_logger()
+        logger.info("waiting for a slot of the %r concurrency limit", GPU_LIMIT)
+        with concurrency(GPU_LIMIT, occupy=1, strict=True):
+            logger.info("holding a %r slot: training", GPU_LIMIT)
+            training = train_model(data, epochs, learning_rate, batch_size, seed, device)
+            evaluation = evaluate_model(data, training)
+            training.model.cpu()  # export and serving work on CPU; the GPU is free for the next run
+            train.release_gpu_memory()
+        logger.info("released the %r slot", GPU_LIMIT)
         with tempfile.TemporaryDirectory(prefix="onebox-export-") as folder:
             check = export_model(data, training, Path(folder))
             model_uri = log_run(
@@ -248,7 +290,7 @@ def training_pipeline(
         elif decision.promote:
             print(f"version {version} passed the gate; not deployed (deploy is off)")
         tracking.log_outcome(settings, run_id, metrics={"promoted": float(served_url is not None)}, tags={})
-        write_report(settings, run_id, decision, served_url)
+        write_report(settings, run_id, evaluation, decision, served_url)
         failed = False
     finally:
         tracking.end_run(settings, run_id, failed=failed)

@@ -243,6 +243,17 @@ def fetch_report(settings: Settings, run_id: str) -> Path:
     return Path(local)
 
 
+def mlflow_run_link(settings: Settings, run_id: str) -> str:
+    """A markdown link to the run in MLflow's UI when a tracking server serves it, else where it is."""
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return f"`{run_id}` in `{uri}` (browse it with `mlflow ui --backend-store-uri {uri}`)"
+    experiment = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return f"[{run_id}]({uri}/#/experiments/{experiment}/runs/{run_id})"
+
+
 def summary_markdown(
     settings: Settings, run_id: str, decision: GateDecision, served_url: str | None, report_uri: str
 ) -> str:
@@ -263,8 +274,26 @@ def summary_markdown(
         "",
         f"**Serving:** {served_url + '/' if served_url else 'not deployed by this run'}",
         "",
-        f"**MLflow run:** `{run_id}` in `{settings.mlflow_tracking_uri}`",
+        f"**MLflow run:** {mlflow_run_link(settings, run_id)}",
         "",
         f"**Evaluation report:** [{REPORT_FILE}]({report_uri}) (or `onebox report {run_id} --open`)",
     ]
     return "\n".join(lines)
+
+
+def metrics_table(challenger: Evaluation, production: Evaluation | None) -> list[dict[str, Any]]:
+    """Every test metric of the challenger, production's on the same split, and the difference."""
+    ours = challenger.flat_metrics(prefix="")
+    theirs = production.flat_metrics(prefix="") if production is not None else {}
+    rows = []
+    for name, value in ours.items():
+        baseline = theirs.get(name)
+        rows.append(
+            {
+                "metric": name,
+                "challenger": round(value, 4),
+                "production": round(baseline, 4) if baseline is not None else None,
+                "difference": round(value - baseline, 4) if baseline is not None else None,
+            }
+        )
+    return rows

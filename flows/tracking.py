@@ -29,7 +29,7 @@ def _requirement(package: str) -> str:
     return f"{package}=={version(package).split('+')[0]}"
 
 
-def _code_version() -> str:
+def code_version() -> str:
     """The checkout's commit, marked when tracked files have uncommitted changes."""
     import subprocess
 
@@ -53,7 +53,7 @@ def environment_tags() -> dict[str, str]:
 
     import torch
 
-    commit = _code_version()
+    commit = code_version()
     cuda = torch.version.cuda or "none"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return {

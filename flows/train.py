@@ -133,6 +133,12 @@ def train_model(
     return result
 
 
+def release_gpu_memory() -> None:
+    """Hand cached CUDA memory back, so serving or the next training run can use it."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
     """Softmax probabilities (N, classes) for uint8 images, on the model's device."""
