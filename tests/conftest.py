@@ -5,11 +5,13 @@ Everything is real: a Prefect test server, an MLflow SQLite store, a BentoML ser
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import socket
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,53 @@ def png_bytes(pixels: np.ndarray, *, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=format)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """An environment for one appliance of its own: home, compose project, ports and model name.
+
+    The caller brings the stack up (``ComposeRuntime.up`` or ``onebox up``); leaving the block
+    takes it down with its volumes and model images. Prefect calls in this process go to the
+    stack's Prefect server meanwhile.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from serving.compose import ComposeRuntime
+    from serving.images import remove_model_images
+
+    if docker_problem():
+        pytest.skip("needs Docker")  # the autouse fixture turns this into a failure in CI
+    suffix = uuid.uuid4().hex[:8]
+    patch = pytest.MonkeyPatch()
+    for name, value in {
+        "ONEBOX_HOME": str(tmp_path_factory.mktemp("appliance-home")),
+        "ONEBOX_RUNTIME": "compose",
+        "ONEBOX_COMPOSE_PROJECT": f"onebox-test-{suffix}",
+        "ONEBOX_MODEL_NAME": f"test-{suffix}",
+        "ONEBOX_SERVE_PORT": str(free_port()),
+        "ONEBOX_MLFLOW_PORT": str(free_port()),
+        "ONEBOX_PREFECT_PORT": str(free_port()),
+        "ONEBOX_DRAIN_S": "3",
+    }.items():
+        patch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        assert settings.prefect_api_url
+        with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+            yield settings
+            # Send the flow runs' last logs and events while the stack's Prefect server still
+            # answers; left queued, they stall the test harness's shutdown later.
+            APILogWorker.drain_all(timeout=30)
+            EventsWorker.drain_all(timeout=30)
+    finally:
+        ComposeRuntime(settings).down(volumes=True)
+        remove_model_images(settings)
+        patch.undo()
+        get_settings.cache_clear()
 
 
 @pytest.fixture

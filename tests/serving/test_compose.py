@@ -6,7 +6,6 @@ One stack per module under a unique compose project, ports and model name; torn 
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import numpy as np
 import pytest
 
 from serving.compose import ComposeRuntime
-from serving.images import remove_model_images
 from serving.loadtest import SteadyLoad
 from storage.errors import ServingError
 from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
-from storage.settings import Settings, get_settings
-from tests.conftest import free_port, png_bytes
+from storage.settings import Settings
+from tests.conftest import isolated_appliance, png_bytes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -29,44 +27,9 @@ SWAP_REQUESTS = 2000
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Settings]:
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tests.conftest import docker_problem
-
-    if docker_problem():
-        pytest.skip("needs Docker")  # the autouse fixture turns this into a failure in CI
-    suffix = uuid.uuid4().hex[:8]
-    patch = pytest.MonkeyPatch()
-    for name, value in {
-        "ONEBOX_HOME": str(tmp_path_factory.mktemp("appliance-home")),
-        "ONEBOX_RUNTIME": "compose",
-        "ONEBOX_COMPOSE_PROJECT": f"onebox-test-{suffix}",
-        "ONEBOX_MODEL_NAME": f"test-{suffix}",
-        "ONEBOX_SERVE_PORT": str(free_port()),
-        "ONEBOX_MLFLOW_PORT": str(free_port()),
-        "ONEBOX_PREFECT_PORT": str(free_port()),
-        "ONEBOX_DRAIN_S": "3",
-    }.items():
-        patch.setenv(name, value)
-    get_settings.cache_clear()
-    settings = get_settings()
-    runtime = ComposeRuntime(settings)
-    try:
-        runtime.up()
-        assert settings.prefect_api_url
-        with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
-            yield settings
-            # Send the flow runs' last logs and events while the stack's Prefect server still
-            # answers; left queued, they stall the test harness's shutdown later.
-            APILogWorker.drain_all(timeout=30)
-            EventsWorker.drain_all(timeout=30)
-    finally:
-        runtime.down(volumes=True)
-        remove_model_images(settings)
-        patch.undo()
-        get_settings.cache_clear()
+    with isolated_appliance(tmp_path_factory) as settings:
+        ComposeRuntime(settings).up()
+        yield settings
 
 
 def digit_png() -> bytes:
