@@ -64,6 +64,9 @@ requirements: $(UV) ## Export the images' pinned requirements from uv.lock
 	  $(UV) export --frozen --no-hashes --no-emit-project --no-default-groups --only-group $$group-image \
 	    --no-header --quiet -o compose/requirements/$$group.txt; \
 	done
+	# The worker container runs the flows: the project's own dependencies, torch included.
+	$(UV) export --frozen --no-hashes --no-emit-project --no-default-groups --no-header --quiet \
+	  -o compose/requirements/worker.txt
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

@@ -338,7 +338,9 @@ def serve() -> None:
 
 @app.command()
 def logs(
-    service: Annotated[str, typer.Argument(help="model, or in the appliance: mlflow, prefect, gateway.")] = "model",
+    service: Annotated[
+        str, typer.Argument(help="model, or in the appliance: mlflow, prefect, gateway, worker.")
+    ] = "model",
     lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 100,
 ) -> None:
     """Recent logs of the model server (or of an appliance service)."""
@@ -355,12 +357,23 @@ def logs(
 
 
 @app.command()
-def up() -> None:
+def up(
+    worker: Annotated[
+        bool | None,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Also run a Prefect worker in a container (compose profile `worker`); remembered.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Build the appliance's images (offline) and start it: MLflow, Prefect, gateway, live model."""
-    from serving.compose import ComposeRuntime
+    from serving.compose import WORKER_KEY, ComposeRuntime
 
     settings = get_settings().model_copy(update={"runtime": "compose"})
-    state = ComposeRuntime(settings).up()
+    if worker:
+        console.print("building the worker image (torch included: the first build takes minutes)")
+    state = ComposeRuntime(settings).up(worker=worker)
     from flows.deployments import register_all
 
     registered = register_all(_appliance_settings())
@@ -371,7 +384,12 @@ def up() -> None:
     console.print(f"  MLflow:   http://127.0.0.1:{settings.mlflow_port}/")
     deployments = ", ".join(r.name for r in registered)
     console.print(f"  Prefect:  http://127.0.0.1:{settings.prefect_port}/   (deployments: {deployments})")
-    console.print("  run flows from the Prefect UI once a worker polls pool 'onebox': onebox worker (or make worker)")
+    if state[WORKER_KEY] == "on":
+        console.print("  worker:   container onebox-container polls pool 'onebox' (onebox logs worker)")
+    else:
+        console.print(
+            "  run flows from the Prefect UI once a worker polls pool 'onebox': onebox worker (or make worker)"
+        )
 
 
 @app.command()

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from serving.health import smoke_predict
-from serving.images import SOURCE_ROOT, build_appliance_images, build_model_image
+from serving.images import SOURCE_ROOT, build_appliance_images, build_model_image, build_worker_image
 from serving.local import ServerState
 from serving.predictor import ModelMetadata
 from storage.errors import ServingError
@@ -27,6 +27,8 @@ from storage.settings import Settings
 COMPOSE_FILE = SOURCE_ROOT / "docker-compose.yml"
 COLORS = ("blue", "green")
 APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway")
+WORKER = "worker"  # the compose profile and service of the containerized Prefect worker
+WORKER_KEY = "ONEBOX_WORKER"  # state.env: "on" once `onebox up --worker` asked for it
 
 
 @functools.cache
@@ -72,7 +74,11 @@ class ComposeRuntime:
 
     # -- persisted state ---------------------------------------------------------------
     def state(self) -> dict[str, str]:
-        state = {"ONEBOX_LIVE_COLOR": "none", **{_image_key(color): "" for color in COLORS}}
+        state = {
+            "ONEBOX_LIVE_COLOR": "none",
+            WORKER_KEY: "off",
+            **{_image_key(color): "" for color in COLORS},
+        }
         if self.state_path.is_file():
             for line in self.state_path.read_text().splitlines():
                 key, _, value = line.partition("=")
@@ -91,6 +97,9 @@ class ComposeRuntime:
         s = self.settings
         return {
             **os.environ,
+            # The worker container mounts the checkout and the home at the paths they have here.
+            "ONEBOX_SOURCE": str(SOURCE_ROOT),
+            "ONEBOX_HOME": str(s.home),
             "ONEBOX_IMAGE_TAG": s.image_tag,
             "ONEBOX_BIND": s.bind_address,
             "ONEBOX_GATEWAY_PORT": str(s.serve_port),
@@ -160,20 +169,31 @@ class ComposeRuntime:
             return False
         return gateway is not None and gateway.status == "running"
 
-    def up(self, *, timeout_s: float = 300) -> dict[str, str]:
-        """Build what is missing, start the appliance and the live model color, wait until healthy."""
+    def up(self, *, worker: bool | None = None, timeout_s: float = 300) -> dict[str, str]:
+        """Build what is missing, start the appliance and the live model color, wait until healthy.
+
+        ``worker``: also run the containerized worker (True), stop running it (False), or keep
+        what the last `up` chose (None).
+        """
         build_appliance_images(self.settings)
         state = self.state()
+        if worker is not None:
+            state[WORKER_KEY] = "on" if worker else "off"
+            self._write_state(state)
+        if state[WORKER_KEY] == "on":
+            build_worker_image(self.settings)
         live = state["ONEBOX_LIVE_COLOR"]
-        profiles = (live,) if live in COLORS else ()
+        colors = (live,) if live in COLORS else ()
+        profiles = colors + ((WORKER,) if state[WORKER_KEY] == "on" else ())
+        # --remove-orphans also removes the worker's container once it is switched off.
         self.compose("up", "-d", "--remove-orphans", profiles=profiles)
-        services = APPLIANCE_SERVICES + tuple(f"model-{color}" for color in profiles)
+        services = APPLIANCE_SERVICES + tuple(f"model-{color}" for color in colors)
         self._wait_healthy(services, timeout_s)
         self._switch_gateway(live)  # the gateway's own record may predate a `down -v`
         return state
 
     def down(self, *, volumes: bool = False) -> None:
-        self.compose("down", *(["-v"] if volumes else []), "--remove-orphans", profiles=COLORS)
+        self.compose("down", *(["-v"] if volumes else []), "--remove-orphans", profiles=(*COLORS, WORKER))
 
     # -- serving ---------------------------------------------------------------------
     def current(self) -> ServerState | None:
@@ -261,7 +281,7 @@ class ComposeRuntime:
             if live not in COLORS:
                 return "no model is deployed yet"
             service = f"model-{live}"
-        return self.compose("logs", "--no-color", "--tail", str(lines), service, profiles=COLORS).stdout
+        return self.compose("logs", "--no-color", "--tail", str(lines), service, profiles=(*COLORS, WORKER)).stdout
 
     def retire_previous(self) -> None:
         """After a deploy: let the old color drain, then stop and remove it."""

@@ -25,6 +25,9 @@ from storage.settings import Settings
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = SOURCE_ROOT / "compose"
 BOOTSTRAP_IMAGE = "onebox/base:bookworm"
+# The worker's base adds Debian's docker-compose: the flows it runs deploy models with it.
+BOOTSTRAP_WORKER_IMAGE = "onebox/base-worker:bookworm"
+WORKER_PACKAGES = "docker-compose"
 # The files of the onebox package that serving imports; nothing that needs torch or MLflow.
 SERVING_FILES = (
     "serving/__init__.py",
@@ -36,7 +39,8 @@ SERVING_FILES = (
     "storage/errors.py",
     "storage/images.py",
 )
-PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 26, 27, 28, 31, 34, 35, 36)] + [
+# Every manylinux tag Debian bookworm's glibc 2.36 runs (pip accepts only the tags it is given).
+PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(5, 37)] + [
     "manylinux2014_x86_64",
     "manylinux1_x86_64",
     "linux_x86_64",
@@ -76,8 +80,8 @@ def image_exists(tag: str) -> bool:
     return True
 
 
-def resolve_base_image(requested: str) -> str:
-    """``requested`` if present or pullable; else the base bootstrapped from Debian's packages."""
+def resolve_base_image(requested: str, *, bootstrap: str = BOOTSTRAP_IMAGE, extra_packages: str = "") -> str:
+    """``requested`` if present or pullable; else ``bootstrap``, built from Debian's packages."""
     import docker
 
     if image_exists(requested):
@@ -87,10 +91,10 @@ def resolve_base_image(requested: str) -> str:
         return requested
     except docker.errors.APIError:
         pass  # no registry reachable: the normal case on an air-gapped server
-    if not image_exists(BOOTSTRAP_IMAGE):
-        print(f"{requested} cannot be pulled; bootstrapping {BOOTSTRAP_IMAGE} from Debian's packages")
-        _run([str(COMPOSE_DIR / "base" / "bootstrap.sh"), BOOTSTRAP_IMAGE])
-    return BOOTSTRAP_IMAGE
+    if not image_exists(bootstrap):
+        print(f"{requested} cannot be pulled; bootstrapping {bootstrap} from Debian's packages")
+        _run([str(COMPOSE_DIR / "base" / "bootstrap.sh"), bootstrap, extra_packages])
+    return bootstrap
 
 
 def _run(command: list[str]) -> None:
@@ -196,7 +200,9 @@ def build_image(context: Path, tag: str, buildargs: dict[str, str], *, offline: 
     return str(image.id)
 
 
-def _python_image(settings: Settings, name: str, group: str, base: str, extra: dict[str, Path]) -> str:
+def _python_image(
+    settings: Settings, name: str, group: str, base: str, extra: dict[str, Path], *, offline: bool = True
+) -> str:
     context = _fresh_context(settings, name)
     shutil.copy2(COMPOSE_DIR / name / "Dockerfile", context / "Dockerfile")
     shutil.copy2(COMPOSE_DIR / "requirements" / f"{group}.txt", context / "requirements.txt")
@@ -206,7 +212,7 @@ def _python_image(settings: Settings, name: str, group: str, base: str, extra: d
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, destination)
     tag = f"onebox/{name}:{settings.image_tag}"
-    build_image(context, tag, {"BASE_IMAGE": base})
+    build_image(context, tag, {"BASE_IMAGE": base}, offline=offline)
     return tag
 
 
@@ -226,6 +232,16 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
     # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.
     build_image(context, gateway, {"BASE_IMAGE": base}, offline=base == BOOTSTRAP_IMAGE)
     return ApplianceImages(runtime=runtime, mlflow=mlflow, prefect=prefect, gateway=gateway)
+
+
+def build_worker_image(settings: Settings) -> str:
+    """The worker container's image (compose profile `worker`): the flows' dependencies, torch included.
+
+    Large (torch from PyPI is the CUDA build, about 7 GB installed) and built only when asked for.
+    """
+    base = resolve_base_image(settings.base_image, bootstrap=BOOTSTRAP_WORKER_IMAGE, extra_packages=WORKER_PACKAGES)
+    # The bootstrapped base has docker-compose; a stock python base fetches it from Debian while building.
+    return _python_image(settings, "worker", "worker", base, {}, offline=base == BOOTSTRAP_WORKER_IMAGE)
 
 
 def model_image_tag(settings: Settings, version: str) -> str:

@@ -4,12 +4,14 @@
 # `docker import` it. Python 3.11, nginx (the gateway) and curl (healthchecks) come included,
 # so no image built on top of it needs the network.
 #
-# Usage: compose/base/bootstrap.sh [IMAGE]   (default onebox/base:bookworm; kept if present)
+# Usage: compose/base/bootstrap.sh [IMAGE [EXTRA_PACKAGES]]
+#   IMAGE defaults to onebox/base:bookworm and is kept if present; EXTRA_PACKAGES (comma-separated
+#   Debian packages) go in too: the worker's base adds docker-compose, which it deploys with.
 set -euo pipefail
 
 image="${1:-onebox/base:bookworm}"
 suite="${DEBIAN_SUITE:-bookworm}"
-packages="python3,python3-venv,ca-certificates,nginx,curl,tini"
+packages="python3,python3-venv,ca-certificates,nginx,curl,tini${2:+,$2}"
 
 if docker image inspect "$image" >/dev/null 2>&1; then
   echo "base image $image is present"

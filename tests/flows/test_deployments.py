@@ -220,3 +220,36 @@ def test_a_failed_run_says_why_and_leaves_production_alone(appliance: Settings, 
     assert "digits" in state.message
     after = version_by_alias(appliance, PRODUCTION)
     assert (after and after.version) == (production and production.version)
+
+
+def test_rollback_from_the_ui_says_when_there_is_nothing_to_roll_back_to(appliance: Settings, worker: Path) -> None:
+    production = version_by_alias(appliance, PRODUCTION)
+    assert production is not None  # deployed by the `onebox train` test above
+    run_id = _create_run({}, flow_name="rollback")
+    state = _wait_final([run_id])[run_id].state
+    assert state.name == "Failed"
+    assert "has no previous production version" in state.message
+    after = version_by_alias(appliance, PRODUCTION)
+    assert after is not None
+    assert after.version == production.version
+
+
+def test_a_run_outlasts_mlflow_restarting(appliance: Settings, worker: Path) -> None:
+    from serving.compose import ComposeRuntime
+
+    mlflow = ComposeRuntime(appliance)._container("mlflow")
+    assert mlflow is not None
+    mlflow.stop(timeout=10)
+    try:
+        run_id = _create_run({"epochs": 2, "seed": 11, "deploy": False})
+        deadline = time.monotonic() + 180
+        # The run is under way, its next step needs MLflow, and MLflow is down.
+        while not any(line.startswith("dataset digits:") for line in _logs(run_id)):
+            assert time.monotonic() < deadline, _logs(run_id)
+            time.sleep(1)
+        time.sleep(5)
+    finally:
+        mlflow.start()
+    state = _wait_final([run_id])[run_id].state
+    assert state.name == "Completed", state.message
+    assert any(line.startswith("registered ") for line in _logs(run_id))
