@@ -180,12 +180,13 @@ class ComposeRuntime:
         if worker is not None:
             state[WORKER_KEY] = "on" if worker else "off"
             self._write_state(state)
+        if state[WORKER_KEY] == "off" and self._container(WORKER) is not None:
+            self.compose("rm", "-f", "-s", WORKER, profiles=(WORKER,), check=False)
         if state[WORKER_KEY] == "on":
             build_worker_image(self.settings)
         live = state["ONEBOX_LIVE_COLOR"]
         colors = (live,) if live in COLORS else ()
         profiles = colors + ((WORKER,) if state[WORKER_KEY] == "on" else ())
-        # --remove-orphans also removes the worker's container once it is switched off.
         self.compose("up", "-d", "--remove-orphans", profiles=profiles)
         services = APPLIANCE_SERVICES + tuple(f"model-{color}" for color in colors)
         self._wait_healthy(services, timeout_s)

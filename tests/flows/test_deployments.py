@@ -104,6 +104,14 @@ def _logs(run_id: UUID) -> list[str]:
                 return messages
 
 
+def test_the_prefect_ui_is_served(appliance: Settings) -> None:
+    import httpx
+
+    page = httpx.get(f"http://127.0.0.1:{appliance.prefect_port}/", timeout=10, follow_redirects=True)
+    assert page.status_code == 200
+    assert "<html" in page.text.lower()
+
+
 def test_up_registers_every_flow_with_a_form_schema(appliance: Settings) -> None:
     with _client() as client:
         pool = client.read_work_pool(WORK_POOL)
