@@ -223,9 +223,15 @@ def training_pipeline(
     dataset_version: Annotated[
         str | None, Field(title="Dataset version", description="Empty: the newest version.")
     ] = None,
-    epochs: Annotated[int, Field(title="Epochs", ge=1, le=1000, description="Passes over the training split.")] = 15,
-    learning_rate: Annotated[float, Field(title="Learning rate", gt=0, le=1, description="Adam step size.")] = 1e-3,
-    batch_size: Annotated[int, Field(title="Batch size", ge=1, le=4096, description="Images per training step.")] = 64,
+    epochs: Annotated[
+        int, Field(title="Epochs", ge=1, le=1000, description="Passes over the training split, 1 to 1000.")
+    ] = 15,
+    learning_rate: Annotated[
+        float, Field(title="Learning rate", gt=0, le=1, description="Adam step size, above 0 and at most 1.")
+    ] = 1e-3,
+    batch_size: Annotated[
+        int, Field(title="Batch size", ge=1, le=4096, description="Images per training step, 1 to 4096.")
+    ] = 64,
     seed: Annotated[
         int, Field(title="Seed", ge=0, le=2**31 - 1, description="Fixes the split and the initial weights.")
     ] = 0,
@@ -245,7 +251,7 @@ def training_pipeline(
             title="Minimum improvement",
             ge=-1,
             le=1,
-            description="Accuracy gain over production needed to promote; negative forces promotion.",
+            description="Accuracy gain over production needed to promote, -1 to 1; negative forces promotion.",
         ),
     ] = 0.0,
 ) -> PipelineResult:
