@@ -210,6 +210,9 @@ def register() -> None:
 def worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default: onebox-HOSTNAME).")] = None,
     poll_seconds: Annotated[int, typer.Option(min=1, max=300, help="How often to ask for new runs.")] = 5,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the appliance's Prefect server to answer.")
+    ] = 180,
 ) -> None:
     """Run a Prefect worker here, on the host with the GPU: it executes runs started in the Prefect UI."""
     import os
@@ -218,7 +221,7 @@ def worker(
 
     from flows.deployments import WORK_POOL, register_all
 
-    settings = _appliance_settings()
+    settings = _appliance_settings(wait_s=wait)
     register_all(settings)  # the forms the UI shows match this checkout's code
     environment = {
         **os.environ,
@@ -233,9 +236,13 @@ def worker(
     os.execve(prefect, command, environment)
 
 
-def _appliance_settings() -> Settings:
-    """Settings for commands that need the appliance's Prefect server; fails clearly when it is down."""
+def _appliance_settings(*, wait_s: float = 0) -> Settings:
+    """Settings for commands that need the appliance's Prefect server; fails clearly when it is down.
+
+    ``wait_s``: how long a server that does not answer yet may take (a stack still starting).
+    """
     import os
+    import time
 
     import httpx
 
@@ -244,13 +251,16 @@ def _appliance_settings() -> Settings:
     settings = get_settings()
     prepare_environment(settings)
     api = os.environ["PREFECT_API_URL"]
-    try:
-        healthy = httpx.get(f"{api}/health", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        healthy = False
-    if not healthy:
-        raise _fail(f"the appliance's Prefect server does not answer at {api}; start the appliance: make up")
-    return settings
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                return settings
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            raise _fail(f"the appliance's Prefect server does not answer at {api}; start the appliance: make up")
+        time.sleep(2)
 
 
 @app.command()

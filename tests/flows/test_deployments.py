@@ -154,6 +154,19 @@ def test_registering_again_updates_in_place(appliance: Settings) -> None:
         assert {d.id for d in client.read_deployments()} == before
 
 
+def test_importing_a_dataset_adds_it_to_the_form(appliance: Settings, tmp_path: Path) -> None:
+    from tests.storage.test_datasets import make_folder
+
+    source = make_folder(tmp_path / "parts")
+    done = subprocess.run(
+        [ONEBOX, "data", "import", str(source), "--name", "parts"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with _client() as client:
+        training = client.read_deployment_by_name(deployment_name("training-pipeline"))
+    assert training.parameter_openapi_schema["properties"]["dataset"]["enum"] == ["digits", "parts"]
+
+
 @pytest.mark.parametrize(
     "bad",
     [{"epochs": 0}, {"epochs": 1001}, {"learning_rate": 0}, {"dataset": "no-such-dataset"}, {"device": "tpu"}],
