@@ -133,7 +133,7 @@ def train(
     settings = _settings()
     # Checked before the flow starts, so a user's mistake prints one line, not a flow traceback.
     if device not in {"auto", "cpu", "cuda"}:
-        raise _fail(f"device {device!r} is unknown; use auto, cpu or cuda", code=2)
+        raise _fail(f"device {device!r} is unknown; use auto, cpu or cuda")
     resolve_dataset(dataset, dataset_version, settings)
     parameters = {
         "dataset": dataset,
