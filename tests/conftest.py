@@ -97,6 +97,7 @@ def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
     takes it down with its volumes and model images. Prefect calls in this process go to the
     stack's Prefect server meanwhile.
     """
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionService
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -123,12 +124,17 @@ def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
     settings = get_settings()
     try:
         assert settings.prefect_api_url
+        # Prefect's slot-acquisition service keeps the client of the server it first talked to:
+        # restarted here and on the way out, a flow run's `gpu` slot is taken and released on the
+        # same server.
+        ConcurrencySlotAcquisitionService.drain_all(timeout=10)
         with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
             yield settings
             # Send the flow runs' last logs and events while the stack's Prefect server still
             # answers; left queued, they stall the test harness's shutdown later.
             APILogWorker.drain_all(timeout=30)
             EventsWorker.drain_all(timeout=30)
+            ConcurrencySlotAcquisitionService.drain_all(timeout=10)
     finally:
         ComposeRuntime(settings).down(volumes=True)
         remove_model_images(settings)
