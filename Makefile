@@ -50,8 +50,8 @@ up: setup ## Build the appliance's images offline and start it (MLflow, Prefect,
 down: setup ## Stop the appliance (data volumes stay)
 	$(BIN)/onebox down
 
-bench: setup ## Benchmarks (docker): cold up, swap time and failures, idle memory -> benchmarks/results/
-	$(BIN)/python benchmarks/appliance.py
+bench: setup ## All benchmarks (docker, ~15 min): serving side by side, runtimes, swap, memory, pipeline
+	$(BIN)/python -m benchmarks.suite
 
 requirements: $(UV) ## Export the images' pinned requirements from uv.lock
 	for group in serving mlflow prefect; do \

@@ -1,0 +1,226 @@
+"""Serving, side by side: onebox's served model against what its users would otherwise run.
+
+One registered model version, served by
+  - onebox through the appliance's gateway (nginx -> the BentoML model container),
+  - the same bento directly (``bentoml serve`` on the host),
+  - the setup onebox replaces: the torch model in Flask under gunicorn (benchmarks/baselines),
+  - stock ``mlflow models serve`` of the registered version (its JSON ``/invocations``),
+and, as the limit, the ONNX Runtime predictor in a loop with no HTTP at all. Every server runs
+the same number of worker processes; the load generator runs on loopback, bounded in time.
+
+Two request types, compared like with like: the user-facing image upload (multipart PNG to
+``/predict``; Flask's ``/predict`` takes the same upload) and one image as a JSON array (onebox's
+and Flask's ``/predict_batch``, MLflow's ``/invocations`` with the normalized pixels it expects).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks import servers
+from benchmarks.loadgen import Body, describe, ensure_wrk, run_load
+from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, OnnxPredictor
+from storage.settings import Settings
+
+CONNECTIONS = (1, 8, 64)
+SECONDS = 8.0
+WARM_UP_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Run:
+    server: str
+    request: str  # "image" or "json"
+    url: str
+    body: Body
+
+
+def digit_pixels(settings: Settings) -> np.ndarray:
+    """One real test digit, uint8 (C, H, W), as the dataset stores it."""
+    from flows.prepare import split_dataset
+    from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
+
+    test = split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
+    return np.asarray(test.images[0])
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(png, format="PNG")
+    return png.getvalue()
+
+
+def request_bodies(pixels: np.ndarray) -> dict[str, Body]:
+    import json
+
+    upload = httpx.Request("POST", "http://x/", files={"image": ("digit.png", encode_png(pixels), "image/png")})
+    batch = pixels[np.newaxis]
+    return {
+        "image": Body(upload.read(), upload.headers["content-type"]),
+        "json": Body(json.dumps({"images": batch.tolist()}).encode(), "application/json"),
+        # MLflow's ONNX flavor feeds the model directly: float pixels in [0, 1], as in training.
+        "mlflow-json": Body(
+            json.dumps({"inputs": (batch / 255.0).astype(np.float32).tolist()}).encode(), "application/json"
+        ),
+    }
+
+
+def write_torch_model(settings: Settings, run_id: str, folder: Path) -> Path:
+    """The registered run's torch model as a state-dict ``.pt``, the way a Flask server loads one."""
+    import mlflow
+    import torch
+
+    from storage.registry import configure_mlflow
+
+    configure_mlflow(settings)
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/torch-model", dst_path=str(folder / "mlflow"))
+    program = torch.export.load(str(next(Path(local).rglob("*.pt2"))))
+    target = folder / "model.pt"
+    torch.save(program.module().state_dict(), target)
+    return target
+
+
+def _predict_loop(bundle: str, png: bytes, seconds: float) -> tuple[int, int]:
+    predictor = OnnxPredictor.from_directory(Path(bundle))
+    pixels = np.zeros((1, *predictor.metadata.image_shape), np.uint8)
+    counts = []
+    for run in (lambda: predictor.predict_image(png), lambda: predictor.probabilities(pixels)):
+        run()
+        done, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            run()
+            done += 1
+        counts.append(done)
+    return counts[0], counts[1]
+
+
+def in_process_limit(bundle: Path, png: bytes, *, processes: int, seconds: float = 4.0) -> dict[str, float]:
+    """Single-image predictions per second with no HTTP: decode + model, and the model alone."""
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        counts = pool.starmap(_predict_loop, [(str(bundle), png, seconds)] * processes)
+    return {
+        "processes": processes,
+        "png_decode_and_predict_per_s": round(sum(c[0] for c in counts) / seconds),
+        "model_only_per_s": round(sum(c[1] for c in counts) / seconds),
+    }
+
+
+def measure_serving(settings: Settings, version: str, run_id: str, *, seconds: float = SECONDS) -> dict[str, Any]:
+    """Requests/s, p50 and p99 per server and request type at 1, 8 and 64 connections."""
+    from storage.registry import materialize_bundle
+
+    workers = settings.serve_workers
+    bundle = materialize_bundle(settings, version)
+    wrk = ensure_wrk()
+    pixels = digit_pixels(settings)
+    bodies = request_bodies(pixels)
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "model": f"{settings.model_name} v{version}",
+        "worker_processes": workers,
+        "load_generator": describe(wrk),
+        "seconds_per_run": seconds,
+        "runs": [],
+    }
+    results["in_process"] = in_process_limit(bundle, encode_png(pixels), processes=workers)
+    print(f"in-process ONNX Runtime: {results['in_process']}")
+
+    def load(runs: list[Run]) -> None:
+        for run in runs:
+            for connections in CONNECTIONS:
+                run_load(wrk, run.url, run.body, connections=connections, seconds=WARM_UP_SECONDS)
+                measured = run_load(wrk, run.url, run.body, connections=connections, seconds=seconds)
+                row = {"server": run.server, "request": run.request, "endpoint": run.url.split("/", 3)[-1]}
+                results["runs"].append({**row, **measured.to_dict()})
+                print(f"{run.server:>16} {run.request:5} c={connections:<3} {measured.rps:8.0f} req/s p50 "
+                      f"{measured.p50_ms:6.1f} ms p99 {measured.p99_ms:6.1f} ms errors {measured.errors}")  # fmt: skip
+
+    gateway = settings.serve_url
+    load([Run("onebox-gateway", "image", f"{gateway}/predict", bodies["image"]),
+          Run("onebox-gateway", "json", f"{gateway}/predict_batch", bodies["json"])])  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="onebox-bench-serving-") as folder_name:
+        folder = Path(folder_name)
+        port = servers.free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {MODEL_DIR_VARIABLE: str(bundle), WORKERS_VARIABLE: str(workers), "BENTOML_DO_NOT_TRACK": "true"}
+        with servers.server_process(
+            "bento",
+            servers.bento_command(port),
+            env=env,
+            probe_url=f"{url}/predict",
+            probe=bodies["image"],
+            log_dir=folder,
+        ):
+            load([Run("onebox-bento", "image", f"{url}/predict", bodies["image"]),
+                  Run("onebox-bento", "json", f"{url}/predict_batch", bodies["json"])])  # fmt: skip
+
+        port = servers.free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            "OMP_NUM_THREADS": "1",
+            "BASELINE_MODEL": str(write_torch_model(settings, run_id, folder)),
+            "BASELINE_METADATA": str(bundle / "metadata.json"),
+        }
+        with servers.server_process(
+            "flask",
+            servers.flask_command(port, workers),
+            env=env,
+            probe_url=f"{url}/predict",
+            probe=bodies["image"],
+            log_dir=folder,
+        ):
+            load([Run("flask-gunicorn", "image", f"{url}/predict", bodies["image"]),
+                  Run("flask-gunicorn", "json", f"{url}/predict_batch", bodies["json"])])  # fmt: skip
+
+        port = servers.free_port()
+        url = f"http://127.0.0.1:{port}"
+        model_uri = f"models:/{settings.model_name}/{version}"
+        env = {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        with servers.server_process(
+            "mlflow",
+            servers.mlflow_command(port, workers, model_uri),
+            env=env,
+            probe_url=f"{url}/invocations",
+            probe=bodies["mlflow-json"],
+            log_dir=folder,
+        ):
+            load([Run("mlflow-serve", "json", f"{url}/invocations", bodies["mlflow-json"])])
+    results["ratios"] = ratios(results["runs"])
+    return results
+
+
+def _row(runs: list[dict[str, Any]], server: str, request: str, connections: int) -> dict[str, Any]:
+    return next(r for r in runs if (r["server"], r["request"], r["connections"]) == (server, request, connections))
+
+
+def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The targets' ratios: onebox through the gateway against Flask and against MLflow."""
+    found: dict[str, Any] = {}
+    for connections in CONNECTIONS:
+        gateway_image = _row(runs, "onebox-gateway", "image", connections)
+        flask_image = _row(runs, "flask-gunicorn", "image", connections)
+        gateway_json = _row(runs, "onebox-gateway", "json", connections)
+        mlflow_json = _row(runs, "mlflow-serve", "json", connections)
+        found[str(connections)] = {
+            "gateway_vs_flask_rps": round(gateway_image["rps"] / flask_image["rps"], 2),
+            "gateway_p99_ms": gateway_image["p99_ms"],
+            "flask_p99_ms": flask_image["p99_ms"],
+            "gateway_vs_mlflow_rps": round(gateway_json["rps"] / mlflow_json["rps"], 2),
+        }
+    return found
