@@ -81,7 +81,8 @@ def run_wrk(wrk: str, url: str, body: Body, *, connections: int, seconds: float)
             f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{body.content_type}"\n'
         )
         threads = str(min(2, connections))
-        command = [wrk, "-t", threads, "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s", "--latency"]
+        duration = f"{max(1, round(seconds))}s"  # wrk takes whole seconds ("2.0s" is refused)
+        command = [wrk, "-t", threads, "-c", str(connections), "-d", duration, "--timeout", "10s", "--latency"]
         done = subprocess.run(
             [*command, "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60, check=False
         )
