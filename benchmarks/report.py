@@ -41,7 +41,8 @@ def _cell(run: dict[str, Any]) -> str:
 def serving_table(serving: dict[str, Any]) -> list[str]:
     lines = [
         f"Requests/s, p50 / p99 latency; {serving['worker_processes']} worker processes per server; "
-        f"{serving['load_generator']} on loopback, {serving['seconds_per_run']:.0f} s per cell.",
+        f"{serving['load_generator']} on loopback; each cell the median of {serving.get('rounds', 1)} rounds of "
+        f"{serving['seconds_per_run']:.0f} s, the servers measured in turns.",
         "",
         "| server | request (endpoint) | 1 client | 8 clients | 64 clients |",
         "|---|---|---|---|---|",

@@ -18,8 +18,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
+import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,13 +31,14 @@ import httpx
 import numpy as np
 
 from benchmarks import servers
-from benchmarks.loadgen import Body, describe, ensure_wrk, run_load
+from benchmarks.loadgen import Body, LoadResult, describe, ensure_wrk, run_load
 from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, OnnxPredictor
 from storage.settings import Settings
 
 CONNECTIONS = (1, 8, 64)
-SECONDS = 8.0
-WARM_UP_SECONDS = 2.0
+ROUNDS = 3
+SECONDS = 3.0
+WARM_UP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,13 @@ def in_process_limit(bundle: Path, png: bytes, *, processes: int, seconds: float
     }
 
 
-def measure_serving(settings: Settings, version: str, run_id: str, *, seconds: float = SECONDS) -> dict[str, Any]:
-    """Requests/s, p50 and p99 per server and request type at 1, 8 and 64 connections."""
+def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, Any]:
+    """Requests/s, p50 and p99 per server and request type at 1, 8 and 64 connections.
+
+    All servers run at once and are measured in turns, ROUNDS times per connection count, each
+    figure the median of its rounds: a machine whose other load drifts during the run (a shared
+    CI host) shifts every server alike instead of whichever happened to be measured then.
+    """
     from storage.registry import materialize_bundle
 
     workers = settings.serve_workers
@@ -135,72 +143,78 @@ def measure_serving(settings: Settings, version: str, run_id: str, *, seconds: f
         "model": f"{settings.model_name} v{version}",
         "worker_processes": workers,
         "load_generator": describe(wrk),
-        "seconds_per_run": seconds,
+        "seconds_per_run": SECONDS,
+        "rounds": ROUNDS,
         "runs": [],
     }
     results["in_process"] = in_process_limit(bundle, encode_png(pixels), processes=workers)
     print(f"in-process ONNX Runtime: {results['in_process']}")
-
-    def load(runs: list[Run]) -> None:
-        for run in runs:
-            for connections in CONNECTIONS:
-                run_load(wrk, run.url, run.body, connections=connections, seconds=WARM_UP_SECONDS)
-                measured = run_load(wrk, run.url, run.body, connections=connections, seconds=seconds)
-                row = {"server": run.server, "request": run.request, "endpoint": run.url.split("/", 3)[-1]}
-                results["runs"].append({**row, **measured.to_dict()})
-                print(f"{run.server:>16} {run.request:5} c={connections:<3} {measured.rps:8.0f} req/s p50 "
-                      f"{measured.p50_ms:6.1f} ms p99 {measured.p99_ms:6.1f} ms errors {measured.errors}")  # fmt: skip
-
-    gateway = settings.serve_url
-    load([Run("onebox-gateway", "image", f"{gateway}/predict", bodies["image"]),
-          Run("onebox-gateway", "json", f"{gateway}/predict_batch", bodies["json"])])  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="onebox-bench-serving-") as folder_name:
+    with tempfile.TemporaryDirectory(prefix="onebox-bench-serving-") as folder_name, ExitStack() as running:
         folder = Path(folder_name)
-        port = servers.free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {MODEL_DIR_VARIABLE: str(bundle), WORKERS_VARIABLE: str(workers), "BENTOML_DO_NOT_TRACK": "true"}
-        with servers.server_process(
-            "bento",
-            servers.bento_command(port),
-            env=env,
-            probe_url=f"{url}/predict",
-            probe=bodies["image"],
-            log_dir=folder,
-        ):
-            load([Run("onebox-bento", "image", f"{url}/predict", bodies["image"]),
-                  Run("onebox-bento", "json", f"{url}/predict_batch", bodies["json"])])  # fmt: skip
-
-        port = servers.free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            "OMP_NUM_THREADS": "1",
-            "BASELINE_MODEL": str(write_torch_model(settings, run_id, folder)),
-            "BASELINE_METADATA": str(bundle / "metadata.json"),
+        ports = {name: servers.free_port() for name in ("bento", "flask", "mlflow")}
+        url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        url["gateway"] = settings.serve_url
+        environments = {
+            "bento": {MODEL_DIR_VARIABLE: str(bundle), WORKERS_VARIABLE: str(workers), "BENTOML_DO_NOT_TRACK": "true"},
+            "flask": {
+                "OMP_NUM_THREADS": "1",
+                "BASELINE_MODEL": str(write_torch_model(settings, run_id, folder)),
+                "BASELINE_METADATA": str(bundle / "metadata.json"),
+            },
+            "mlflow": {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"},
         }
-        with servers.server_process(
-            "flask",
-            servers.flask_command(port, workers),
-            env=env,
-            probe_url=f"{url}/predict",
-            probe=bodies["image"],
-            log_dir=folder,
-        ):
-            load([Run("flask-gunicorn", "image", f"{url}/predict", bodies["image"]),
-                  Run("flask-gunicorn", "json", f"{url}/predict_batch", bodies["json"])])  # fmt: skip
-
-        port = servers.free_port()
-        url = f"http://127.0.0.1:{port}"
-        model_uri = f"models:/{settings.model_name}/{version}"
-        env = {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-        with servers.server_process(
-            "mlflow",
-            servers.mlflow_command(port, workers, model_uri),
-            env=env,
-            probe_url=f"{url}/invocations",
-            probe=bodies["mlflow-json"],
-            log_dir=folder,
-        ):
-            load([Run("mlflow-serve", "json", f"{url}/invocations", bodies["mlflow-json"])])
+        commands = {
+            "bento": servers.bento_command(ports["bento"]),
+            "flask": servers.flask_command(ports["flask"], workers),
+            "mlflow": servers.mlflow_command(ports["mlflow"], workers, f"models:/{settings.model_name}/{version}"),
+        }
+        probes = {
+            "bento": ("/predict", "image"),
+            "flask": ("/predict", "image"),
+            "mlflow": ("/invocations", "mlflow-json"),
+        }
+        for name, (path, body) in probes.items():
+            running.enter_context(
+                servers.server_process(
+                    name,
+                    commands[name],
+                    env=environments[name],
+                    probe_url=url[name] + path,
+                    probe=bodies[body],
+                    log_dir=folder,
+                )
+            )
+        runs = [
+            Run("onebox-gateway", "image", f"{url['gateway']}/predict", bodies["image"]),
+            Run("onebox-bento", "image", f"{url['bento']}/predict", bodies["image"]),
+            Run("flask-gunicorn", "image", f"{url['flask']}/predict", bodies["image"]),
+            Run("onebox-gateway", "json", f"{url['gateway']}/predict_batch", bodies["json"]),
+            Run("onebox-bento", "json", f"{url['bento']}/predict_batch", bodies["json"]),
+            Run("flask-gunicorn", "json", f"{url['flask']}/predict_batch", bodies["json"]),
+            Run("mlflow-serve", "json", f"{url['mlflow']}/invocations", bodies["mlflow-json"]),
+        ]
+        for connections in CONNECTIONS:
+            rounds: dict[Run, list[LoadResult]] = {run: [] for run in runs}
+            for _ in range(ROUNDS):
+                for run in runs:
+                    run_load(wrk, run.url, run.body, connections=connections, seconds=WARM_UP_SECONDS)
+                    rounds[run].append(run_load(wrk, run.url, run.body, connections=connections, seconds=SECONDS))
+            for run, measured in rounds.items():
+                row = {
+                    "server": run.server,
+                    "request": run.request,
+                    "endpoint": run.url.split("/", 3)[-1],
+                    "connections": connections,
+                    "requests": sum(m.requests for m in measured),
+                    "errors": sum(m.errors for m in measured),
+                    "rps": round(statistics.median(m.rps for m in measured), 1),
+                    "p50_ms": round(statistics.median(m.p50_ms for m in measured), 2),
+                    "p99_ms": round(statistics.median(m.p99_ms for m in measured), 2),
+                    "rps_rounds": [round(m.rps) for m in measured],
+                }
+                results["runs"].append(row)
+                print(f"{run.server:>16} {run.request:5} c={connections:<3} {row['rps']:8.0f} req/s p50 "
+                      f"{row['p50_ms']:6.1f} ms p99 {row['p99_ms']:6.1f} ms errors {row['errors']}")  # fmt: skip
     results["ratios"] = ratios(results["runs"])
     return results
 
