@@ -86,9 +86,13 @@ def run_wrk(wrk: str, url: str, body: Body, *, connections: int, seconds: float)
         done = subprocess.run(
             [*command, "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60, check=False
         )
-    out = done.stdout
-    if done.returncode != 0 or "requests in" not in out:
-        raise RuntimeError(f"wrk failed against {url}: {out[-500:]} {done.stderr[-500:]}")
+    if done.returncode != 0 or "requests in" not in done.stdout:
+        raise RuntimeError(f"wrk failed against {url}: {done.stdout[-500:]} {done.stderr[-500:]}")
+    return parse_wrk(done.stdout, connections=connections, seconds=seconds)
+
+
+def parse_wrk(out: str, *, connections: int, seconds: float) -> LoadResult:
+    """The figures of wrk's --latency report; errors are socket errors plus non-2xx answers."""
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
