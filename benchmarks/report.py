@@ -59,11 +59,28 @@ def serving_table(serving: dict[str, Any]) -> list[str]:
             ]
             lines.append(f"| {label} | {REQUESTS[request]} (`/{rows[0]['endpoint']}`) | " + " | ".join(cells) + " |")
     limit = serving["in_process"]
+    cpu_lines = [
+        "",
+        "Server CPU per request, ms (every process a request passes through: for the gateway also nginx and "
+        "Docker's port proxy; not the load generator). Other load on the machine shifts requests/s, hardly this:",
+        "",
+        "| server | request | 1 client | 8 clients | 64 clients |",
+        "|---|---|---|---|---|",
+    ]
+    for request in REQUESTS:
+        for server in SERVERS:
+            rows = sorted(
+                (r for r in serving["runs"] if r["server"] == server and r["request"] == request),
+                key=lambda r: r["connections"],
+            )
+            if rows and all("server_cpu_ms_per_request" in r for r in rows):
+                cpu_cells = " | ".join(f"{r['server_cpu_ms_per_request']:.3f}" for r in rows)
+                cpu_lines.append(f"| {server} | {REQUESTS[request]} | {cpu_cells} |")
     lines.append(
         f"| ONNX Runtime in-process, no HTTP ({limit['processes']} processes) | PNG decode + model; model alone | "
         f"{limit['png_decode_and_predict_per_s']:,} /s; {limit['model_only_per_s']:,} /s | | |"
     )
-    return lines
+    return lines + (cpu_lines if len(cpu_lines) > 6 else [])
 
 
 def targets_table(data: dict[str, Any]) -> list[str]:
@@ -81,6 +98,14 @@ def targets_table(data: dict[str, Any]) -> list[str]:
                 (f"gateway >= 2x `mlflow models serve` (JSON), {clients} clients",
                  f"{ratio['gateway_vs_mlflow_rps']}x", ratio["gateway_vs_mlflow_rps"] >= 2),
             ]  # fmt: skip
+            if ratio.get("gateway_vs_flask_cpu_efficiency"):
+                rows.append(
+                    (
+                        f"(for reference) requests per CPU-second, gateway vs Flask / vs MLflow, {clients} clients",
+                        f"{ratio['gateway_vs_flask_cpu_efficiency']}x / {ratio['gateway_vs_mlflow_cpu_efficiency']}x",
+                        ratio["gateway_vs_flask_cpu_efficiency"] >= 1.5,
+                    )
+                )
     if appliance:
         failed, sent = appliance["swap_requests_failed"], appliance["swap_requests_sent"]
         seconds = appliance["registered_to_serving_s"]

@@ -36,7 +36,7 @@ def server_process(
     probe: Body,
     log_dir: Path,
     timeout_s: float = 180,
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` until the block ends; ready once ``probe`` POSTed to ``probe_url`` answers 200.
 
     Raises:
@@ -68,7 +68,7 @@ def server_process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not answer within {timeout_s:.0f} s:\n{log_path.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield
+        yield process
     finally:
         stop_group(process)
 

@@ -21,9 +21,11 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ import httpx
 import numpy as np
 
 from benchmarks import servers
+from benchmarks.cpu import cpu_seconds, docker_proxy_pids, session_pids
 from benchmarks.loadgen import Body, LoadResult, describe, ensure_wrk, run_load
 from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, OnnxPredictor
 from storage.settings import Settings
@@ -47,6 +50,20 @@ class Run:
     request: str  # "image" or "json"
     url: str
     body: Body
+    pids: Callable[[], list[int]]  # the processes that answer (for CPU per request)
+
+
+def gateway_pids(settings: Settings) -> list[int]:
+    """Docker's port proxy, nginx and the live model container: everything a request goes through."""
+    from serving.compose import ComposeRuntime
+
+    runtime = ComposeRuntime(settings)
+    pids = docker_proxy_pids(settings.serve_port)
+    for service in ("gateway", f"model-{runtime.state()['ONEBOX_LIVE_COLOR']}"):
+        container = runtime._container(service)
+        if container is not None:
+            pids += [int(row[0]) for row in container.top(ps_args="-o pid").get("Processes") or []]
+    return pids
 
 
 def digit_pixels(settings: Settings) -> np.ndarray:
@@ -173,8 +190,9 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
             "flask": ("/predict", "image"),
             "mlflow": ("/invocations", "mlflow-json"),
         }
+        leaders = {}
         for name, (path, body) in probes.items():
-            running.enter_context(
+            leaders[name] = running.enter_context(
                 servers.server_process(
                     name,
                     commands[name],
@@ -183,22 +201,32 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
                     probe=bodies[body],
                     log_dir=folder,
                 )
-            )
+            ).pid
+        pids: dict[str, Callable[[], list[int]]] = {
+            name: partial(session_pids, leader) for name, leader in leaders.items()
+        }
+        pids["gateway"] = partial(gateway_pids, settings)
+        image, json_body, mlflow_body = bodies["image"], bodies["json"], bodies["mlflow-json"]
         runs = [
-            Run("onebox-gateway", "image", f"{url['gateway']}/predict", bodies["image"]),
-            Run("onebox-bento", "image", f"{url['bento']}/predict", bodies["image"]),
-            Run("flask-gunicorn", "image", f"{url['flask']}/predict", bodies["image"]),
-            Run("onebox-gateway", "json", f"{url['gateway']}/predict_batch", bodies["json"]),
-            Run("onebox-bento", "json", f"{url['bento']}/predict_batch", bodies["json"]),
-            Run("flask-gunicorn", "json", f"{url['flask']}/predict_batch", bodies["json"]),
-            Run("mlflow-serve", "json", f"{url['mlflow']}/invocations", bodies["mlflow-json"]),
+            Run("onebox-gateway", "image", f"{url['gateway']}/predict", image, pids["gateway"]),
+            Run("onebox-bento", "image", f"{url['bento']}/predict", image, pids["bento"]),
+            Run("flask-gunicorn", "image", f"{url['flask']}/predict", image, pids["flask"]),
+            Run("onebox-gateway", "json", f"{url['gateway']}/predict_batch", json_body, pids["gateway"]),
+            Run("onebox-bento", "json", f"{url['bento']}/predict_batch", json_body, pids["bento"]),
+            Run("flask-gunicorn", "json", f"{url['flask']}/predict_batch", json_body, pids["flask"]),
+            Run("mlflow-serve", "json", f"{url['mlflow']}/invocations", mlflow_body, pids["mlflow"]),
         ]
         for connections in CONNECTIONS:
             rounds: dict[Run, list[LoadResult]] = {run: [] for run in runs}
+            cpu_ms: dict[Run, list[float]] = {run: [] for run in runs}
             for _ in range(ROUNDS):
                 for run in runs:
                     run_load(wrk, run.url, run.body, connections=connections, seconds=WARM_UP_SECONDS)
-                    rounds[run].append(run_load(wrk, run.url, run.body, connections=connections, seconds=SECONDS))
+                    processes = run.pids()
+                    before = cpu_seconds(processes)
+                    result = run_load(wrk, run.url, run.body, connections=connections, seconds=SECONDS)
+                    rounds[run].append(result)
+                    cpu_ms[run].append((cpu_seconds(processes) - before) * 1000 / max(1, result.requests))
             for run, measured in rounds.items():
                 row = {
                     "server": run.server,
@@ -211,16 +239,23 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
                     "p50_ms": round(statistics.median(m.p50_ms for m in measured), 2),
                     "p99_ms": round(statistics.median(m.p99_ms for m in measured), 2),
                     "rps_rounds": [round(m.rps) for m in measured],
+                    "server_cpu_ms_per_request": round(statistics.median(cpu_ms[run]), 3),
                 }
                 results["runs"].append(row)
                 print(f"{run.server:>16} {run.request:5} c={connections:<3} {row['rps']:8.0f} req/s p50 "
-                      f"{row['p50_ms']:6.1f} ms p99 {row['p99_ms']:6.1f} ms errors {row['errors']}")  # fmt: skip
+                      f"{row['p50_ms']:6.1f} ms p99 {row['p99_ms']:6.1f} ms errors {row['errors']} "
+                      f"server CPU {row['server_cpu_ms_per_request']:.3f} ms/request")  # fmt: skip
     results["ratios"] = ratios(results["runs"])
     return results
 
 
 def _row(runs: list[dict[str, Any]], server: str, request: str, connections: int) -> dict[str, Any]:
     return next(r for r in runs if (r["server"], r["request"], r["connections"]) == (server, request, connections))
+
+
+def _efficiency(onebox: dict[str, Any], other: dict[str, Any]) -> float | None:
+    mine, theirs = onebox.get("server_cpu_ms_per_request"), other.get("server_cpu_ms_per_request")
+    return round(theirs / mine, 2) if mine and theirs else None
 
 
 def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -236,5 +271,8 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "gateway_p99_ms": gateway_image["p99_ms"],
             "flask_p99_ms": flask_image["p99_ms"],
             "gateway_vs_mlflow_rps": round(gateway_json["rps"] / mlflow_json["rps"], 2),
+            # Requests/s the same CPU buys: robust to other load on the machine.
+            "gateway_vs_flask_cpu_efficiency": _efficiency(gateway_image, flask_image),
+            "gateway_vs_mlflow_cpu_efficiency": _efficiency(gateway_json, mlflow_json),
         }
     return found
