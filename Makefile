@@ -56,8 +56,8 @@ worker: setup ## Run a Prefect worker here for pool 'onebox': it runs the flows 
 register: setup ## Register the flows with the appliance's Prefect server again (make up does it)
 	$(BIN)/onebox register
 
-bench: setup ## Benchmarks (docker): cold up, swap time and failures, idle memory -> benchmarks/results/
-	$(BIN)/python benchmarks/appliance.py
+bench: setup ## All benchmarks (docker, ~15 min): serving side by side, runtimes, swap, memory, pipeline
+	$(BIN)/python -m benchmarks.suite
 
 requirements: $(UV) ## Export the images' pinned requirements from uv.lock
 	for group in serving mlflow prefect; do \

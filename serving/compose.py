@@ -1,8 +1,9 @@
 """The compose runtime: the appliance's model served through a gateway, swapped blue/green.
 
 A deploy starts the idle color with the new model image, waits until it is healthy and has
-answered a smoke prediction, switches the gateway (a graceful nginx reload: in-flight requests
-finish), checks a prediction through the gateway, lets the old color drain, then stops it.
+answered a smoke prediction, switches the gateway (a marker file nginx reads per request: no
+reload, so no connection or request in flight is cut), checks a prediction through the gateway,
+lets the old color drain, then stops it.
 Which image each color runs and which color is live is kept in $ONEBOX_HOME/compose/state.env,
 which docker compose reads, so the appliance comes back as it was after a restart.
 """
@@ -105,6 +106,7 @@ class ComposeRuntime:
             "ONEBOX_GATEWAY_PORT": str(s.serve_port),
             "ONEBOX_MLFLOW_PORT": str(s.mlflow_port),
             "ONEBOX_PREFECT_PORT": str(s.prefect_port),
+            "ONEBOX_SERVE_WORKERS": str(s.serve_workers),
         }
 
     def compose(
@@ -297,7 +299,7 @@ class ComposeRuntime:
     def _await_gateway_version(self, metadata: ModelMetadata, timeout_s: float = 20) -> None:
         """Wait until predictions through the gateway come from ``metadata``'s version.
 
-        A reload returns once nginx is signalled; old workers may answer a moment longer.
+        The switch is immediate; this proves the path through the gateway end to end.
         """
         deadline = time.monotonic() + timeout_s
         while True:

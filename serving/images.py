@@ -35,6 +35,7 @@ SERVING_FILES = (
     "serving/health.py",
     "serving/predictor.py",
     "serving/service.py",
+    "serving/uploads.py",
     "storage/__init__.py",
     "storage/errors.py",
     "storage/images.py",

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from serving.health import smoke_predict, wait_until_ready
-from serving.predictor import MODEL_DIR_VARIABLE, ModelMetadata
+from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -95,7 +95,12 @@ class LocalRuntime:
         metadata = ModelMetadata.read(bundle / "metadata.json")
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        env = {**os.environ, MODEL_DIR_VARIABLE: str(bundle), "BENTOML_DO_NOT_TRACK": "true"}
+        env = {
+            **os.environ,
+            MODEL_DIR_VARIABLE: str(bundle),
+            WORKERS_VARIABLE: str(self.settings.serve_workers),
+            "BENTOML_DO_NOT_TRACK": "true",
+        }
         command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(

@@ -22,6 +22,7 @@ MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 MAX_BATCH = 1024
 MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle a model server loads
+WORKERS_VARIABLE = "ONEBOX_SERVE_WORKERS"  # its worker processes
 
 
 class InputError(ImageDecodeError):

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=3000, ge=1, le=65535)
     serve_ready_timeout_s: float = Field(default=90.0, gt=0)
+    serve_workers: int = Field(
+        default=2, ge=1, le=64, description="Model server worker processes (one per CPU core the model may use)."
+    )
     # The appliance (docker compose): images, ports published on bind_address, the compose project.
     base_image: str = Field(default="python:3.11-slim", description="Base of every image; bootstrapped if unreachable.")
     image_tag: str = Field(default="latest", description="Tag of the appliance's own images.")

@@ -1,28 +1,39 @@
 #!/bin/sh
-# onebox-gateway run           render the live color kept in /state (none at first), then run nginx
-# onebox-gateway switch COLOR  point the gateway at COLOR (blue, green or none), reload gracefully
+# onebox-gateway run           mark the live color kept in /state (none at first), then run nginx
+# onebox-gateway switch COLOR  point the gateway at COLOR (blue, green or none); no reload needed
 # onebox-gateway color         print the live color
+#
+# nginx reads the live color from a marker file, /state/live-blue or /state/live-green, for each
+# request; no marker means no model (503). A switch creates the new marker before it removes the
+# old one, so every request finds a color that runs.
 set -eu
-state=/tmp/onebox
 conf=/etc/onebox/nginx.conf
 
-render() {
-  mkdir -p "$state/body" "$state/proxy"
+live() {
+  for color in blue green; do
+    if [ -f "/state/live-$color" ]; then echo "$color"; return; fi
+  done
+  echo none
+}
+
+mark() {
   case "$1" in
-    blue|green)
-      printf 'set $model_upstream http://model-%s:3000;\nproxy_pass $model_upstream;\n' "$1" >"$state/live.conf.new" ;;
-    none)
-      printf '%s\n' "default_type application/json;" \
-        "return 503 '{\"error\": \"no model is deployed yet; train one with: onebox train\"}';" >"$state/live.conf.new" ;;
+    blue|green) touch "/state/live-$1" ;;
+    none) ;;
     *) echo "unknown color: $1 (blue, green or none)" >&2; exit 2 ;;
   esac
-  mv "$state/live.conf.new" "$state/live.conf"
-  echo "$1" >/state/color.new && mv /state/color.new /state/color
+  for color in blue green; do
+    [ "$color" = "$1" ] || rm -f "/state/live-$color"
+  done
 }
 
 case "${1:-run}" in
-  run) render "$(cat /state/color 2>/dev/null || echo none)"; exec nginx -c "$conf" -g 'daemon off;' ;;
-  switch) render "$2"; nginx -c "$conf" -t -q && nginx -c "$conf" -s reload ;;
-  color) cat /state/color ;;
+  run)
+    mkdir -p /tmp/onebox/body /tmp/onebox/proxy
+    # A gateway of an earlier onebox kept the color in /state/color.
+    if [ -f /state/color ]; then mark "$(cat /state/color)"; rm -f /state/color; fi
+    exec nginx -c "$conf" -g 'daemon off;' ;;
+  switch) mark "${2:-}" ;;
+  color) live ;;
   *) echo "usage: onebox-gateway run|switch COLOR|color" >&2; exit 2 ;;
 esac

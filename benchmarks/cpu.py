@@ -1,0 +1,57 @@
+"""CPU time of the processes that answer requests, from /proc: a figure other load cannot shift.
+
+Requests/s on a shared machine depend on what else runs; the CPU seconds a server spends per
+request hardly do, so the serving benchmark reports both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of the processes (all their threads); gone ones count 0."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def session_pids(leader: int) -> list[int]:
+    """The processes of the session ``leader`` started (a server and the workers it forked)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[3]) == leader:  # field 6 of stat: the session id
+                found.append(int(entry.name))
+    return found
+
+
+def docker_proxy_pids(host_port: int) -> list[int]:
+    """Docker's userland proxy for a published port (in the path of every request to it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command and command[0].endswith(b"docker-proxy") and str(host_port).encode() in command:
+            found.append(int(entry.name))
+    return found

@@ -1,0 +1,253 @@
+"""The benchmark summary: benchmarks/results/summary.md, the plots, and README's table.
+
+``python -m benchmarks.report`` rebuilds them from benchmarks/results/*.json (suite.py calls it
+at the end). README's part between the ``benchmarks:begin`` and ``benchmarks:end`` markers is
+replaced, so README always shows the latest run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+GB_1_2_MIB = 1.2e9 / 2**20  # the memory target, 1.2 GB, in MiB
+SERVERS = {
+    "onebox-gateway": "onebox through the gateway (nginx → BentoML container)",
+    "onebox-bento": "the same bento directly (`bentoml serve`)",
+    "flask-gunicorn": "torch `.pt` in Flask under gunicorn (what onebox replaces)",
+    "mlflow-serve": "stock `mlflow models serve`",
+}
+REQUESTS = {"image": "multipart PNG upload", "json": "one image as a JSON array"}
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _cell(run: dict[str, Any]) -> str:
+    errors = f" ({run['errors']} errors)" if run["errors"] else ""
+    return f"{run['rps']:,.0f} · {run['p50_ms']:.1f} / {run['p99_ms']:.1f} ms{errors}"
+
+
+def serving_table(serving: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Requests/s, p50 / p99 latency; {serving['worker_processes']} worker processes per server; "
+        f"{serving['load_generator']} on loopback; each cell the median of {serving.get('rounds', 1)} rounds of "
+        f"{serving['seconds_per_run']:.0f} s, the servers measured in turns.",
+        "",
+        "| server | request (endpoint) | 1 client | 8 clients | 64 clients |",
+        "|---|---|---|---|---|",
+    ]
+    for request in REQUESTS:
+        for server, label in SERVERS.items():
+            rows = [r for r in serving["runs"] if r["server"] == server and r["request"] == request]
+            if not rows:
+                continue
+            cells = [
+                f"{r['rps']:,.0f} · {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms"
+                + (f" ({r['errors']} errors)" if r["errors"] else "")
+                for r in sorted(rows, key=lambda r: r["connections"])
+            ]
+            lines.append(f"| {label} | {REQUESTS[request]} (`/{rows[0]['endpoint']}`) | " + " | ".join(cells) + " |")
+    limit = serving["in_process"]
+    cpu_lines = [
+        "",
+        "Server CPU per request, ms (every process a request passes through: for the gateway also nginx and "
+        "Docker's port proxy; not the load generator). Other load on the machine shifts requests/s, hardly this:",
+        "",
+        "| server | request | 1 client | 8 clients | 64 clients |",
+        "|---|---|---|---|---|",
+    ]
+    for request in REQUESTS:
+        for server in SERVERS:
+            rows = sorted(
+                (r for r in serving["runs"] if r["server"] == server and r["request"] == request),
+                key=lambda r: r["connections"],
+            )
+            if rows and all("server_cpu_ms_per_request" in r for r in rows):
+                cpu_cells = " | ".join(f"{r['server_cpu_ms_per_request']:.3f}" for r in rows)
+                cpu_lines.append(f"| {server} | {REQUESTS[request]} | {cpu_cells} |")
+    lines.append(
+        f"| ONNX Runtime in-process, no HTTP ({limit['processes']} processes) | PNG decode + model; model alone | "
+        f"{limit['png_decode_and_predict_per_s']:,} /s; {limit['model_only_per_s']:,} /s | | |"
+    )
+    return lines + (cpu_lines if len(cpu_lines) > 6 else [])
+
+
+def targets_table(data: dict[str, Any]) -> list[str]:
+    rows: list[tuple[str, str, bool]] = []
+    serving, appliance, pipeline = data.get("serving"), data.get("appliance"), data.get("pipeline")
+    if serving:
+        for clients in ("8", "64"):
+            ratio = serving["ratios"][clients]
+            gateway_p99, flask_p99 = ratio["gateway_p99_ms"], ratio["flask_p99_ms"]
+            rows += [
+                (f"gateway >= 1.5x Flask's requests/s, {clients} clients", f"{ratio['gateway_vs_flask_rps']}x",
+                 ratio["gateway_vs_flask_rps"] >= 1.5),
+                (f"gateway p99 <= Flask's, {clients} clients", f"{gateway_p99:.1f} vs {flask_p99:.1f} ms",
+                 gateway_p99 <= flask_p99),
+                (f"gateway >= 2x `mlflow models serve` (JSON), {clients} clients",
+                 f"{ratio['gateway_vs_mlflow_rps']}x", ratio["gateway_vs_mlflow_rps"] >= 2),
+            ]  # fmt: skip
+            if ratio.get("gateway_vs_flask_cpu_efficiency"):
+                rows.append(
+                    (
+                        f"(for reference) requests per CPU-second, gateway vs Flask / vs MLflow, {clients} clients",
+                        f"{ratio['gateway_vs_flask_cpu_efficiency']}x / {ratio['gateway_vs_mlflow_cpu_efficiency']}x",
+                        ratio["gateway_vs_flask_cpu_efficiency"] >= 1.5,
+                    )
+                )
+    if appliance:
+        failed, sent = appliance["swap_requests_failed"], appliance["swap_requests_sent"]
+        seconds = appliance["registered_to_serving_s"]
+        memory = appliance["idle_memory_total_mib"]["usage_mib"]
+        rows += [
+            ("0 failed requests during a swap", f"{failed} of {sent:,}", failed == 0),
+            ("registered -> serving <= 30 s", f"{seconds} s", seconds <= 30),
+            (f"idle memory of the appliance <= 1.2 GB ({GB_1_2_MIB:,.0f} MiB)", f"{memory:,.0f} MiB",
+             memory <= GB_1_2_MIB),
+        ]  # fmt: skip
+    if pipeline:
+        measured = (
+            f"{pipeline['flow_vs_plain']}x ({pipeline['flow_median_s']} vs {pipeline['plain_script_median_s']} s)"
+        )
+        rows.append(("pipeline <= 1.15x the plain script", measured, pipeline["flow_vs_plain"] <= 1.15))
+    return ["| target | measured | |", "|---|---|---|", *(f"| {t} | {m} | {_mark(ok)} |" for t, m, ok in rows)]
+
+
+def other_tables(data: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    runtimes, appliance, pipeline = data.get("runtimes"), data.get("appliance"), data.get("pipeline")
+    if runtimes:
+        lines += [
+            "",
+            f"Inference runtimes ({runtimes['model']}; torch {runtimes['torch_threads']} threads, ONNX Runtime 1):",
+            "",
+        ]
+        lines += ["| batch | torch eager | ONNX Runtime | ONNX Runtime speed-up |", "|---|---|---|---|"]
+        for batch, row in runtimes["batches"].items():
+            lines.append(
+                f"| {batch} | {row['torch_ms']:.3f} ms ({row['torch_images_per_s']:,} images/s) | "
+                f"{row['onnx_ms']:.3f} ms ({row['onnx_images_per_s']:,} images/s) | {row['onnx_speedup']}x |"
+            )
+    if appliance:
+        memory = appliance["idle_memory_mib"]
+        lines += [
+            "",
+            "Idle memory per container (MiB): cgroup usage less page cache; RSS and PSS summed over its processes:",
+            "",
+        ]
+        lines += ["| container | usage | RSS | PSS |", "|---|---|---|---|"]
+        for name, row in sorted(memory.items()):
+            lines.append(
+                f"| {name} | {row['usage_mib']:,.0f} | {row.get('rss_mib', 0):,.0f} | {row.get('pss_mib', 0):,.0f} |"
+            )
+        total = appliance["idle_memory_total_mib"]
+        lines.append(f"| **all** | **{total['usage_mib']:,.0f}** | {total['rss_mib']:,.0f} | {total['pss_mib']:,.0f} |")
+        lines += [
+            "",
+            f"For comparison: Kubeflow recommends 16 GB RAM and 8 cores (kubeflow/manifests README); "
+            f"ClearML server 8 GB. Cold `up` to all healthy (images built): {appliance['cold_up_to_healthy_s']} s. "
+            f"Swap phases (s): {', '.join(f'{k} {v}' for k, v in appliance['swap_phases_s'].items())}.",
+        ]
+    if pipeline:
+        lines += [
+            "",
+            f"Pipeline, {pipeline['epochs']} epochs, median of {pipeline['repeats']}: plain script "
+            f"{pipeline['plain_script_median_s']} s, Prefect + MLflow flow {pipeline['flow_median_s']} s "
+            f"(+{pipeline['flow_overhead_s']} s: tracking, two logged models, registration, the evaluation report).",
+        ]
+    return lines
+
+
+def plots(data: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    serving = data.get("serving")
+    if serving:
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for axis, request in zip(axes, REQUESTS, strict=True):
+            servers = [s for s in SERVERS if any(r["server"] == s and r["request"] == request for r in serving["runs"])]
+            for index, server in enumerate(servers):
+                rows = sorted(
+                    (r for r in serving["runs"] if r["server"] == server and r["request"] == request),
+                    key=lambda r: r["connections"],
+                )
+                positions = [i + index * 0.8 / len(servers) for i in range(len(rows))]
+                axis.bar(positions, [r["rps"] for r in rows], width=0.8 / len(servers), label=server)
+            axis.set_xticks([i + 0.4 - 0.4 / len(servers) for i in range(3)], ["1 client", "8 clients", "64 clients"])
+            axis.set_title(REQUESTS[request])
+            axis.set_ylabel("requests/s")
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(RESULTS / "serving.png", dpi=110)
+        made.append("serving.png")
+        plt.close(figure)
+    appliance = data.get("appliance")
+    if appliance:
+        figure, axis = plt.subplots(figsize=(6, 3.2))
+        memory = appliance["idle_memory_mib"]
+        names = sorted(memory)
+        left = 0.0
+        for name in names:
+            width = memory[name]["usage_mib"] / 1024
+            axis.barh(["onebox (idle)"], [width], left=left, label=name)
+            left += width
+        axis.barh(["ClearML server (recommended)"], [8], color="grey")
+        axis.barh(["Kubeflow (recommended)"], [16], color="grey")
+        axis.set_xlabel("GiB of memory")
+        axis.legend(fontsize=8, loc="lower right")
+        figure.tight_layout()
+        figure.savefig(RESULTS / "memory.png", dpi=110)
+        made.append("memory.png")
+        plt.close(figure)
+    return made
+
+
+def summary(data: dict[str, Any]) -> str:
+    lines = []
+    when = next((d["date"] for d in data.values() if d and "date" in d), "?")
+    machine = next((d["machine"] for d in data.values() if d and "machine" in d), "?")
+    lines += [f"Latest `make bench`: {when}, {machine}.", ""]
+    lines += targets_table(data)
+    if data.get("serving"):
+        lines += ["", *serving_table(data["serving"])]
+    lines += other_tables(data)
+    lines += [
+        "",
+        *[
+            f"![{name}](benchmarks/results/{name})"
+            for name in ("serving.png", "memory.png")
+            if (RESULTS / name).is_file()
+        ],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    data = {name: _load(name) for name in ("appliance", "serving", "runtimes", "pipeline")}
+    plots(data)
+    text = summary(data)
+    (RESULTS / "summary.md").write_text(text)
+    readme = README.read_text()
+    if BEGIN in readme and END in readme:
+        head, rest = readme.split(BEGIN, 1)
+        README.write_text(head + BEGIN + "\n" + text + END + rest.split(END, 1)[1])
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The model servers a benchmark compares, each started as its own process group on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from benchmarks.loadgen import Body
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def server_process(
+    name: str,
+    command: list[str],
+    *,
+    env: dict[str, str],
+    probe_url: str,
+    probe: Body,
+    log_dir: Path,
+    timeout_s: float = 180,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` until the block ends; ready once ``probe`` POSTed to ``probe_url`` answers 200.
+
+    Raises:
+        RuntimeError: the server exited or did not answer in time (its log's tail is in the message).
+    """
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            # The venv's bin first: `mlflow models serve` starts `uvicorn` by name.
+            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
+            cwd=SOURCE_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited while starting:\n{log_path.read_text()[-2000:]}")
+            try:
+                answer = httpx.post(probe_url, content=probe.data, headers={"Content-Type": probe.content_type})
+                if answer.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not answer within {timeout_s:.0f} s:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group (MLflow and BentoML leave children otherwise), SIGKILL after 20 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def bento_command(port: int) -> list[str]:
+    return [str(BIN / "bentoml"), "serve", "serving.service:Classifier", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def flask_command(port: int, workers: int) -> list[str]:
+    # gunicorn's default (sync) workers, as a hand-rolled deployment runs them.
+    bind = f"127.0.0.1:{port}"
+    return [str(BIN / "gunicorn"), "--workers", str(workers), "--bind", bind, "benchmarks.baselines.flask_app:app"]
+
+
+def mlflow_command(port: int, workers: int, model_uri: str) -> list[str]:
+    return [
+        str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+        "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip

@@ -1,0 +1,100 @@
+"""`make bench`: every benchmark in one run on this machine, then the summary and plots.
+
+Brings up the real appliance under its own compose project, ports, model name and home, and
+measures, in this order: cold `up`; registered -> serving and failed requests during a swap
+under load; idle memory; serving side by side (benchmarks/serving.py); torch vs ONNX Runtime
+(benchmarks/runtimes.py); the flow against the plain script (benchmarks/pipeline.py). Each
+result is written to benchmarks/results/*.json as soon as it is measured; the stack is torn
+down at the end; benchmarks/report.py writes summary.md, the plots and README's table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.servers import free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def configure() -> None:
+    suffix = uuid.uuid4().hex[:8]
+    os.environ.update({
+        "ONEBOX_HOME": tempfile.mkdtemp(prefix="onebox-bench-"),
+        "ONEBOX_RUNTIME": "compose",
+        "ONEBOX_COMPOSE_PROJECT": f"onebox-bench-{suffix}",
+        "ONEBOX_MODEL_NAME": f"bench-{suffix}",
+        "ONEBOX_SERVE_PORT": str(free_port()),
+        "ONEBOX_MLFLOW_PORT": str(free_port()),
+        "ONEBOX_PREFECT_PORT": str(free_port()),
+    })  # fmt: skip
+
+
+def write(name: str, results: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"-> benchmarks/results/{name}.json")
+
+
+def main() -> int:
+    configure()
+    from flows.environment import prepare_environment
+    from storage.settings import get_settings
+
+    settings = get_settings()
+    prepare_environment(settings)
+    from benchmarks import appliance, pipeline, report, runtimes, serving
+    from serving.compose import ComposeRuntime
+    from serving.images import remove_model_images
+
+    started = time.perf_counter()
+    header = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    runtime = ComposeRuntime(settings)
+    swap_ok = False
+    try:
+        results = {**header, **appliance.measure_cold_up(settings, runtime)}
+        results.update(appliance.measure_swap(settings, runtime))
+        swap_ok = results["swap_requests_failed"] == 0
+        results.update(appliance.measure_idle_memory(runtime))
+        write("appliance", results)
+        version, run_id = results["serving_version"], results["serving_run_id"]
+
+        write("serving", serving.measure_serving(settings, version, run_id))
+        with tempfile.TemporaryDirectory(prefix="onebox-bench-torch-") as folder:
+            torch_model = serving.write_torch_model(settings, run_id, Path(folder))
+            write("runtimes", {**header, **runtimes.measure_runtimes(settings, version, torch_model)})
+        write("pipeline", {**header, **pipeline.measure_pipeline(settings)})
+    finally:
+        _drain_prefect()
+        runtime.down(volumes=True)
+        remove_model_images(settings)
+    print(f"\nthe suite took {(time.perf_counter() - started) / 60:.1f} min")
+    report.main()
+    if not swap_ok:
+        print("the swap had FAILED requests")
+    return 0 if swap_ok else 1
+
+
+def _drain_prefect() -> None:
+    """Send the flow runs' last logs and events while the stack's Prefect server still answers."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
