@@ -31,14 +31,19 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / TICKS
 
 
-def session_pids(leader: int) -> list[int]:
-    """The processes of the session ``leader`` started (a server and the workers it forked)."""
-    found = []
+def process_tree(leader: int) -> list[int]:
+    """``leader`` and every process it started, however deep (BentoML's workers are grandchildren)."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
-            if fields is not None and int(fields[3]) == leader:  # field 6 of stat: the session id
-                found.append(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))  # field 4 of stat: the parent
+    found, pending = [], [leader]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending += children.get(pid, [])
     return found
 
 

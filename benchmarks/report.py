@@ -74,7 +74,8 @@ def serving_table(serving: dict[str, Any]) -> list[str]:
                 key=lambda r: r["connections"],
             )
             if rows and all("server_cpu_ms_per_request" in r for r in rows):
-                cpu_cells = " | ".join(f"{r['server_cpu_ms_per_request']:.3f}" for r in rows)
+                cpu = [r["server_cpu_ms_per_request"] for r in rows]
+                cpu_cells = " | ".join(f"{ms:.3f}" if ms > 0 else "n/a" for ms in cpu)
                 cpu_lines.append(f"| {server} | {REQUESTS[request]} | {cpu_cells} |")
     lines.append(
         f"| ONNX Runtime in-process, no HTTP ({limit['processes']} processes) | PNG decode + model; model alone | "

@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 
 from benchmarks import servers
-from benchmarks.cpu import cpu_seconds, docker_proxy_pids, session_pids
+from benchmarks.cpu import cpu_seconds, docker_proxy_pids, process_tree
 from benchmarks.loadgen import Body, LoadResult, describe, ensure_wrk, run_load
 from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, OnnxPredictor
 from storage.settings import Settings
@@ -203,7 +203,7 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
                 )
             ).pid
         pids: dict[str, Callable[[], list[int]]] = {
-            name: partial(session_pids, leader) for name, leader in leaders.items()
+            name: partial(process_tree, leader) for name, leader in leaders.items()
         }
         pids["gateway"] = partial(gateway_pids, settings)
         image, json_body, mlflow_body = bodies["image"], bodies["json"], bodies["mlflow-json"]
