@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, get_type_hints
 
+from serving.images import SOURCE_ROOT
 from storage.settings import Settings
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
 WORK_POOL = "onebox"
 DEPLOYMENT = "onebox"  # every flow has one deployment, named after the appliance
 GPU_LIMIT = "gpu"
