@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -470,3 +471,13 @@ def main() -> None:
     except OneboxError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         raise SystemExit(1) from None
+    except ValidationError as error:  # a setting from the environment or .env is out of range
+        if error.title != "Settings":
+            raise
+        for problem in error.errors():
+            name = "ONEBOX_" + "_".join(map(str, problem["loc"])).upper()
+            errors.print(
+                f"[bold red]error:[/] {name}={problem.get('input')!s}: {problem['msg'].removeprefix('Value error, ')}",
+                highlight=False,
+            )
+        raise SystemExit(2) from None

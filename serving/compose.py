@@ -6,11 +6,16 @@ reload, so no connection or request in flight is cut), checks a prediction throu
 lets the old color drain, then stops it.
 Which image each color runs and which color is live is kept in $ONEBOX_HOME/compose/state.env,
 which docker compose reads, so the appliance comes back as it was after a restart.
+
+The gateway runs on the host's network and reaches each color at a fixed address on the
+appliance's network, so it can keep connections to it open; the subnet is picked on the first
+`up` (one no Docker network or host route uses) and kept in state.env too.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -30,6 +35,12 @@ COLORS = ("blue", "green")
 APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway")
 WORKER = "worker"  # the compose profile and service of the containerized Prefect worker
 WORKER_KEY = "ONEBOX_WORKER"  # state.env: "on" once `onebox up --worker` asked for it
+# state.env: the appliance network's subnet, the part of it Docker hands out, the colors' addresses.
+SUBNET_KEY = "ONEBOX_SUBNET"
+NETWORK_KEYS = (SUBNET_KEY, "ONEBOX_SUBNET_DYNAMIC_RANGE", "ONEBOX_MODEL_BLUE_ADDRESS", "ONEBOX_MODEL_GREEN_ADDRESS")
+# Where a subnet is picked: private addresses Docker itself uses, from the top down (Docker's own
+# networks are handed out from 172.17 up, so the two rarely meet).
+SUBNET_POOL = ipaddress.IPv4Network("172.16.0.0/12")
 
 
 @functools.cache
@@ -51,6 +62,48 @@ def _other(color: str) -> str:
 def _image_key(color: str) -> str:
     """The state.env variable that names the image ``color`` runs."""
     return f"ONEBOX_MODEL_{color.upper()}_IMAGE"
+
+
+def network_addresses(subnet: ipaddress.IPv4Network) -> dict[str, str]:
+    """The state.env entries for ``subnet``: the colors take its last two addresses, and Docker
+    gives other containers addresses from its lower half only, so none ever takes a color's."""
+    return {
+        SUBNET_KEY: str(subnet),
+        "ONEBOX_SUBNET_DYNAMIC_RANGE": str(next(subnet.subnets(prefixlen_diff=1))),
+        "ONEBOX_MODEL_BLUE_ADDRESS": str(subnet.broadcast_address - 2),
+        "ONEBOX_MODEL_GREEN_ADDRESS": str(subnet.broadcast_address - 1),
+    }
+
+
+def subnets_in_use() -> dict[ipaddress.IPv4Network, str]:
+    """IPv4 subnets of every Docker network and every host route (but the default route), each
+    with what uses it."""
+    from serving.images import _docker
+
+    used: dict[ipaddress.IPv4Network, str] = {}
+    for network in _docker().networks.list():
+        for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
+            try:
+                used[ipaddress.IPv4Network(config.get("Subnet", ""), strict=False)] = f"Docker network {network.name}"
+            except ValueError:
+                continue  # IPv6, or none
+    routes = Path("/proc/net/route")
+    for line in routes.read_text().splitlines()[1:] if routes.is_file() else []:
+        fields = line.split()
+        # Destination and mask are little-endian hex (/proc/net/route's format).
+        destination, mask = (ipaddress.IPv4Address(bytes.fromhex(f)[::-1]) for f in (fields[1], fields[7]))
+        if int(mask):
+            route = ipaddress.IPv4Network(f"{destination}/{mask}", strict=False)
+            used.setdefault(route, f"the host's route via {fields[0]}")
+    return used
+
+
+def pick_subnet(used: dict[ipaddress.IPv4Network, str]) -> ipaddress.IPv4Network:
+    """The highest /24 of SUBNET_POOL that overlaps nothing in ``used``."""
+    for candidate in reversed(list(SUBNET_POOL.subnets(new_prefix=24))):
+        if not any(candidate.overlaps(taken) for taken in used):
+            return candidate
+    raise ServingError(f"no /24 of {SUBNET_POOL} is free for the appliance's network: set ONEBOX_SUBNET to one")
 
 
 class _Phases:
@@ -79,6 +132,7 @@ class ComposeRuntime:
             "ONEBOX_LIVE_COLOR": "none",
             WORKER_KEY: "off",
             **{_image_key(color): "" for color in COLORS},
+            **dict.fromkeys(NETWORK_KEYS, ""),
         }
         if self.state_path.is_file():
             for line in self.state_path.read_text().splitlines():
@@ -96,6 +150,7 @@ class ComposeRuntime:
     # -- docker compose ----------------------------------------------------------------
     def _environment(self) -> dict[str, str]:
         s = self.settings
+        state = self.state()
         return {
             **os.environ,
             # The worker container mounts the checkout and the home at the paths they have here.
@@ -107,6 +162,8 @@ class ComposeRuntime:
             "ONEBOX_MLFLOW_PORT": str(s.mlflow_port),
             "ONEBOX_PREFECT_PORT": str(s.prefect_port),
             "ONEBOX_SERVE_WORKERS": str(s.serve_workers),
+            # The recorded network, not a variable of this shell that may name another one.
+            **{key: state[key] for key in NETWORK_KEYS if state[key]},
         }
 
     def compose(
@@ -163,6 +220,53 @@ class ComposeRuntime:
         if pending:
             raise ServingError(f"not healthy within {timeout_s:.0f} s: {', '.join(pending)}")
 
+    # -- the network -------------------------------------------------------------------
+    def _network(self):  # type: ignore[no-untyped-def]
+        from serving.images import _docker
+
+        found = _docker().networks.list(
+            filters={
+                "label": [
+                    f"com.docker.compose.project={self.settings.compose_project}",
+                    "com.docker.compose.network=default",
+                ]
+            }
+        )
+        return found[0] if found else None
+
+    def _prepare_network(self, state: dict[str, str]) -> dict[str, str]:
+        """Record the subnet this `up` creates the network with (or finds it has); returns the state.
+
+        ONEBOX_SUBNET wins; else the recorded subnet while it is free; else a free one. A network
+        with another subnet (made by an earlier onebox, or before ONEBOX_SUBNET changed) is
+        recreated: the containers stop and start again, the data volumes stay.
+        """
+        wanted = str(self.settings.subnet) if self.settings.subnet else state[SUBNET_KEY]
+        network = self._network()
+        if network is not None:
+            configs = (network.attrs.get("IPAM") or {}).get("Config") or []
+            current = configs[0].get("Subnet", "") if configs else ""
+            if current and current == wanted:
+                return state
+            print(
+                f"the appliance's network {network.name} has subnet {current or 'none'}; "
+                "recreating it with a fixed one (containers restart, data stays)"
+            )
+            self.down()
+        used = subnets_in_use()
+        if self.settings.subnet is not None:
+            clash = next((what for taken, what in used.items() if taken.overlaps(self.settings.subnet)), None)
+            if clash:
+                raise ServingError(f"ONEBOX_SUBNET={self.settings.subnet} overlaps {clash}; choose another subnet")
+            subnet = self.settings.subnet
+        elif wanted and not any(ipaddress.IPv4Network(wanted).overlaps(taken) for taken in used):
+            subnet = ipaddress.IPv4Network(wanted)
+        else:
+            subnet = pick_subnet(used)
+        state = {**state, **network_addresses(subnet)}
+        self._write_state(state)
+        return state
+
     # -- the appliance -----------------------------------------------------------------
     def is_up(self) -> bool:
         try:
@@ -178,7 +282,7 @@ class ComposeRuntime:
         what the last `up` chose (None).
         """
         build_appliance_images(self.settings)
-        state = self.state()
+        state = self._prepare_network(self.state())
         if worker is not None:
             state[WORKER_KEY] = "on" if worker else "off"
             self._write_state(state)
@@ -239,6 +343,8 @@ class ComposeRuntime:
         image = build_model_image(self.settings, bundle, metadata)
         clock.mark("build_image")
         state = self.state()
+        if not state[SUBNET_KEY]:
+            raise ServingError("the appliance was started by an earlier onebox: run `onebox up` once, then deploy")
         live = state["ONEBOX_LIVE_COLOR"]
         idle = _other(live) if live in COLORS else "blue"
         service = f"model-{idle}"

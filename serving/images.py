@@ -227,7 +227,7 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
     )
     prefect = _python_image(settings, "prefect", "prefect", base, {})
     context = _fresh_context(settings, "gateway")
-    for name in ("Dockerfile", "nginx.conf", "gateway.sh"):
+    for name in ("Dockerfile", "nginx.conf.template", "gateway.sh"):
         shutil.copy2(COMPOSE_DIR / "gateway" / name, context / name)
     gateway = f"onebox/gateway:{settings.image_tag}"
     # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.

@@ -7,6 +7,7 @@ created at import time: call :func:`get_settings`.
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
@@ -44,8 +45,19 @@ class Settings(BaseSettings):
     )
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     prefect_port: int = Field(default=4200, ge=1, le=65535)
+    subnet: IPv4Network | None = Field(
+        default=None,
+        description="The appliance's Docker network, a /24 or larger (e.g. 10.99.0.0/24); default: a free one, picked once.",
+    )
     drain_s: float = Field(default=5.0, ge=0, description="How long the old model color keeps serving after a swap.")
     wheelhouse: Path | None = Field(default=None, description="Wheel cache; default ~/.cache/onebox/wheelhouse.")
+
+    @field_validator("subnet")
+    @classmethod
+    def _room_for_the_colors(cls, subnet: IPv4Network | None) -> IPv4Network | None:
+        if subnet is not None and subnet.prefixlen > 24:
+            raise ValueError(f"{subnet} is too small: give a /24 or larger (each model color takes a fixed address)")
+        return subnet
 
     @field_validator("home")
     @classmethod

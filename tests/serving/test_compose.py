@@ -61,14 +61,42 @@ def test_a_second_build_rebuilds_nothing(appliance: Settings) -> None:
 
 
 def test_ports_listen_on_loopback_only(appliance: Settings) -> None:
+    import psutil
+
     runtime = ComposeRuntime(appliance)
     for service in ("mlflow", "prefect", "gateway"):
         container = runtime._container(service)
         assert container is not None
+        assert container.attrs["Config"]["User"] not in ("", "root", "0")
+        if service == "gateway":  # on the host's network: nginx listens itself, no port is published
+            assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+            continue
         bindings = [b for ports in container.attrs["NetworkSettings"]["Ports"].values() if ports for b in ports]
         assert bindings
         assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
-        assert container.attrs["Config"]["User"] not in ("", "root", "0")
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == appliance.serve_port
+    }
+    assert listening == {"127.0.0.1"}
+
+
+def test_the_network_has_a_free_subnet_and_the_colors_fixed_addresses(appliance: Settings) -> None:
+    import ipaddress
+
+    from serving.compose import SUBNET_KEY, network_addresses, subnets_in_use
+
+    runtime = ComposeRuntime(appliance)
+    state = runtime.state()
+    subnet = ipaddress.IPv4Network(state[SUBNET_KEY])
+    assert {key: state[key] for key in network_addresses(subnet)} == network_addresses(subnet)
+    network = runtime._network()
+    assert network is not None
+    assert network.attrs["IPAM"]["Config"][0]["Subnet"] == str(subnet)
+    # Nothing else here (no other Docker network, no host route) overlaps it.
+    others = {taken: what for taken, what in subnets_in_use().items() if what != f"Docker network {network.name}"}
+    assert not [what for taken, what in others.items() if taken.overlaps(subnet)]
 
 
 def test_train_through_the_appliance_serves_via_the_gateway(appliance: Settings) -> None:
