@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     subnet: IPv4Network | None = Field(
         default=None,
-        description="The appliance's Docker network, a /24 or larger (e.g. 10.99.0.0/24); default: a free one, picked once.",
+        description="The appliance's Docker network, a /24 or larger (10.99.0.0/24); default: a free one, picked once.",
     )
     drain_s: float = Field(default=5.0, ge=0, description="How long the old model color keeps serving after a swap.")
     wheelhouse: Path | None = Field(default=None, description="Wheel cache; default ~/.cache/onebox/wheelhouse.")
