@@ -45,18 +45,3 @@ def process_tree(leader: int) -> list[int]:
         found.append(pid)
         pending += children.get(pid, [])
     return found
-
-
-def docker_proxy_pids(host_port: int) -> list[int]:
-    """Docker's userland proxy for a published port (in the path of every request to it)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if command and command[0].endswith(b"docker-proxy") and str(host_port).encode() in command:
-            found.append(int(entry.name))
-    return found

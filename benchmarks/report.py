@@ -63,8 +63,8 @@ def serving_table(serving: dict[str, Any]) -> list[str]:
     limit = serving["in_process"]
     cpu_lines = [
         "",
-        "Server CPU per request, ms (every process a request passes through: for the gateway also nginx and "
-        "Docker's port proxy; not the load generator). Other load on the machine shifts requests/s, hardly this:",
+        "Server CPU per request, ms (every process a request passes through: for the gateway also nginx; "
+        "not the load generator). Other load on the machine shifts requests/s, hardly this:",
         "",
         "| server | request | 1 client | 8 clients | 64 clients |",
         "|---|---|---|---|---|",

@@ -1,7 +1,7 @@
 """Serving, side by side: onebox's served model against what its users would otherwise run.
 
 One registered model version, served by
-  - onebox through the appliance's gateway (nginx -> the BentoML model container),
+  - onebox through the appliance's gateway (nginx on the host's network -> the BentoML model container),
   - the same bento directly (``bentoml serve`` on the host),
   - the setup onebox replaces: the torch model in Flask under gunicorn (benchmarks/baselines),
   - stock ``mlflow models serve`` of the registered version (its JSON ``/invocations``),
@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 
 from benchmarks import servers
-from benchmarks.cpu import cpu_seconds, docker_proxy_pids, process_tree
+from benchmarks.cpu import cpu_seconds, process_tree
 from benchmarks.loadgen import Body, LoadResult, describe, ensure_wrk, run_load
 from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, OnnxPredictor
 from storage.settings import Settings
@@ -54,11 +54,12 @@ class Run:
 
 
 def gateway_pids(settings: Settings) -> list[int]:
-    """Docker's port proxy, nginx and the live model container: everything a request goes through."""
+    """nginx and the live model container: everything a request goes through (the gateway listens
+    on the host's network itself, no port proxy in front)."""
     from serving.compose import ComposeRuntime
 
     runtime = ComposeRuntime(settings)
-    pids = docker_proxy_pids(settings.serve_port)
+    pids: list[int] = []
     for service in ("gateway", f"model-{runtime.state()['ONEBOX_LIVE_COLOR']}"):
         container = runtime._container(service)
         if container is not None:

@@ -133,7 +133,35 @@ def build_report(
             baseline_note = f"{baseline_label} (v{baseline_version}) has other classes or input shape: not comparable"
         else:
             baseline = scored[0]
+    return render_report(
+        run,
+        model_name=settings.model_name,
+        test=test,
+        classes=classes,
+        challenger=challenger,
+        probabilities=probabilities,
+        baseline=baseline,
+        baseline_version=baseline_version,
+        baseline_label=baseline_label,
+        baseline_note=baseline_note,
+    )
 
+
+def render_report(
+    run: RunRecord,
+    *,
+    model_name: str,
+    test: Split,
+    classes: tuple[str, ...],
+    challenger: Evaluation,
+    probabilities: np.ndarray,
+    baseline: Evaluation | None = None,
+    baseline_version: str | None = None,
+    baseline_label: str = "production",
+    baseline_note: str = "",
+) -> str:
+    """The report's HTML from what was measured: the run's record, the challenger's scores and
+    probabilities on ``test``, and the baseline's scores on the same split when there is one."""
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != test.labels)[:MAX_MISCLASSIFIED]
     captions = [
@@ -156,7 +184,7 @@ def build_report(
     ]
     context: dict[str, Any] = {
         "run": run,
-        "model_name": settings.model_name,
+        "model_name": model_name,
         "version": run.model_version,
         "dataset": f"{run.params['dataset_name']}:{run.params['dataset_version']}",
         "device": run.params.get("device_used", "unknown"),

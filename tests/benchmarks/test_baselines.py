@@ -49,10 +49,17 @@ def test_flask_baseline_answers_like_the_served_model(
 def test_plain_pipeline_does_the_flows_steps(trained: TrainedPipeline, tmp_path: Path) -> None:
     from benchmarks.baselines.plain_pipeline import run_plain_pipeline
 
-    accuracy = run_plain_pipeline(trained.settings, out_dir=tmp_path, epochs=2, seed=0)
+    first, second = tmp_path / "first", tmp_path / "second"
+    accuracy = run_plain_pipeline(trained.settings, out_dir=first, epochs=2, seed=0)
+    run_plain_pipeline(trained.settings, out_dir=second, epochs=3, seed=0, previous_model=first / "model.onnx")
 
     assert 0.5 < accuracy <= 1.0
-    assert {p.name for p in tmp_path.iterdir()} == {"model.onnx", "model.pt", "metrics.json"}
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {p.name for p in first.iterdir()} == {"model.onnx", "model.pt", "metrics.json", "report.html"}
+    metrics = json.loads((first / "metrics.json").read_text())
     assert metrics["test_accuracy"] == accuracy
     assert np.isfinite(metrics["onnx_latency_ms_b1"])
+    # The same report as the flow's, the second one compared with the first model.
+    assert "previous model" not in (first / "report.html").read_text()
+    compared = (second / "report.html").read_text()
+    assert "previous model" in compared
+    assert f"{accuracy:.4f}" in compared
