@@ -4,7 +4,8 @@ No build step needs the network. The base image is used as it is when present, p
 registry answers, and bootstrapped from Debian's packages (compose/base/bootstrap.sh) otherwise.
 Python packages come from a wheelhouse filled on the host from compose/requirements/*.txt (which
 `make requirements` exports from uv.lock) and kept in a cache outside the checkout. Docker's
-layer cache makes a second build of unchanged inputs a no-op.
+layer cache makes a second build of unchanged inputs a no-op, and the appliance's images carry a
+digest of their inputs, so an unchanged one is not even sent to the daemon again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ BOOTSTRAP_IMAGE = "onebox/base:bookworm"
 # The worker's base adds Debian's docker-compose: the flows it runs deploy models with it.
 BOOTSTRAP_WORKER_IMAGE = "onebox/base-worker:bookworm"
 WORKER_PACKAGES = "docker-compose"
+# The label that records a digest of what an image was built from (see build_image).
+INPUTS_LABEL = "org.onebox.inputs"
 # The files of the onebox package that serving imports; nothing that needs torch or MLflow.
 SERVING_FILES = (
     "serving/__init__.py",
@@ -178,18 +181,52 @@ def _link_tree(source: Path, target: Path) -> None:
                 shutil.copy2(item, target / item.name)
 
 
-def build_image(context: Path, tag: str, buildargs: dict[str, str], *, offline: bool = True) -> str:
+def _inputs_digest(context: Path, buildargs: dict[str, str], offline: bool) -> str:
+    """A digest of everything a build reads: the context's files, the build args, the base image.
+
+    Wheels are named by version and never change, so they count by name and size; other files
+    by content. An image given as a build arg counts by its id, so a rebuilt base rebuilds.
+    """
+    digest = hashlib.sha256(repr((sorted(buildargs.items()), offline)).encode())
+    for value in sorted(buildargs.values()):
+        if image_exists(value):
+            digest.update(str(_docker().images.get(value).id).encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(context)).encode() + b"\0")
+        if path.suffix == ".whl":
+            digest.update(str(path.stat().st_size).encode())
+        else:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def build_image(
+    context: Path, tag: str, buildargs: dict[str, str], *, offline: bool = True, skip_unchanged: bool = False
+) -> str:
     """docker build; returns the image id. Raises ServingError with the build's last lines.
 
     ``offline`` builds with no network at all, which proves the build needs none.
+    ``skip_unchanged``: label the image with a digest of its inputs, and build only when the image
+    under ``tag`` has another one. Docker's layer cache would make such a build a no-op as well,
+    but only after the whole context went to the daemon: gigabytes of wheels for the worker.
+    (The label is one more build step, seconds on some storage drivers, so thin images that are
+    built once per model version go without.)
     """
     import docker
 
+    labels: dict[str, str] = {}
+    if skip_unchanged:
+        labels[INPUTS_LABEL] = _inputs_digest(context, buildargs, offline)
+        if image_exists(tag):
+            existing = _docker().images.get(tag)
+            if (existing.labels or {}).get(INPUTS_LABEL) == labels[INPUTS_LABEL]:
+                return str(existing.id)
     try:
         image, _ = _docker().images.build(
             path=str(context),
             tag=tag,
             buildargs=buildargs,
+            labels=labels or None,
             rm=True,
             forcerm=True,
             network_mode="none" if offline else None,
@@ -213,7 +250,7 @@ def _python_image(
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, destination)
     tag = f"onebox/{name}:{settings.image_tag}"
-    build_image(context, tag, {"BASE_IMAGE": base}, offline=offline)
+    build_image(context, tag, {"BASE_IMAGE": base}, offline=offline, skip_unchanged=True)
     return tag
 
 
@@ -231,7 +268,7 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
         shutil.copy2(COMPOSE_DIR / "gateway" / name, context / name)
     gateway = f"onebox/gateway:{settings.image_tag}"
     # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.
-    build_image(context, gateway, {"BASE_IMAGE": base}, offline=base == BOOTSTRAP_IMAGE)
+    build_image(context, gateway, {"BASE_IMAGE": base}, offline=base == BOOTSTRAP_IMAGE, skip_unchanged=True)
     return ApplianceImages(runtime=runtime, mlflow=mlflow, prefect=prefect, gateway=gateway)
 
 

@@ -45,3 +45,30 @@ def test_serving_image_files_import_nothing_it_lacks(relative: str) -> None:
     for package in ("torch", "mlflow", "prefect", "sklearn"):
         assert f"import {package}" not in source
         assert f"from {package}" not in source
+
+
+@pytest.mark.docker
+def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path: Path) -> None:
+    from serving.images import INPUTS_LABEL, _docker, build_image, resolve_base_image
+
+    base = resolve_base_image("python:3.11-slim")
+    tag = f"onebox/test-inputs:{tmp_path.name.lower()}"
+    context = tmp_path / "context"
+    (context / "wheels").mkdir(parents=True)
+    (context / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /inputs\n")
+    (context / "config.txt").write_text("one")
+    (context / "wheels" / "a-1.0-py3-none-any.whl").write_bytes(b"wheel")
+    built: list[str] = []
+    try:
+        built.append(build_image(context, tag, {"BASE_IMAGE": base}, skip_unchanged=True))
+        assert build_image(context, tag, {"BASE_IMAGE": base}, skip_unchanged=True) == built[0]
+        (context / "wheels" / "a-1.0-py3-none-any.whl").touch()  # a wheel counts by name and size
+        assert build_image(context, tag, {"BASE_IMAGE": base}, skip_unchanged=True) == built[0]
+        (context / "config.txt").write_text("two")
+        built.append(build_image(context, tag, {"BASE_IMAGE": base}, skip_unchanged=True))
+        assert built[1] != built[0]
+        labels = [_docker().images.get(image).labels[INPUTS_LABEL] for image in built]
+        assert labels[0] != labels[1]
+    finally:
+        for image in reversed(built):
+            _docker().images.remove(image, force=True)
