@@ -39,7 +39,7 @@ from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, OnnxPredicto
 from storage.settings import Settings
 
 CONNECTIONS = (1, 8, 64)
-ROUNDS = 3
+ROUNDS = 5
 SECONDS = 3.0
 WARM_UP_SECONDS = 1.0
 
