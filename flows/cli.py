@@ -7,6 +7,7 @@ the process environment is prepared, so ``onebox --help`` and ``onebox status`` 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -435,7 +436,7 @@ def stop() -> None:
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """What is serving, which version, since when; and what production is."""
+    """What is serving, which version, since when; what production is; with the appliance, its workers."""
     from serving.health import probe
     from serving.runtime import runtime_for
     from storage.registry import PRODUCTION, version_by_alias
@@ -455,11 +456,24 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         "runtime": settings.runtime,
         "home": str(settings.home),
     }
+    if settings.runtime == "compose":
+        import httpx
+
+        from flows.remote import online_workers
+
+        # Who runs the flows started in the Prefect UI (none: they wait in the pool's queue).
+        try:
+            report["workers"] = online_workers()
+        except httpx.HTTPError as error:
+            report["workers"] = None
+            errors.print(f"the appliance's Prefect server did not answer ({error}); workers unknown")
     if as_json:
         print(json.dumps(report, indent=2))
         return
     table = Table(show_header=False, box=None)
     for key, value in report.items():
+        if key == "workers":
+            value = ", ".join(value) if value else "none online (start one: onebox worker)"
         table.add_row(key, "-" if value is None else str(value))
     console.print(table)
 
@@ -481,3 +495,12 @@ def main() -> None:
                 highlight=False,
             )
         raise SystemExit(2) from None
+    except Exception as error:
+        # MLflow's errors (a tracking server that does not answer, above all) in one line too. Not
+        # imported here: if MLflow was never imported, the error cannot be one of its.
+        mlflow_errors = sys.modules.get("mlflow.exceptions")
+        if mlflow_errors is None or not isinstance(error, mlflow_errors.MlflowException):
+            raise
+        first = str(error.message if hasattr(error, "message") else error).splitlines()[0]
+        errors.print(f"[bold red]error:[/] MLflow ({get_settings().mlflow_tracking_uri}): {first}", highlight=False)
+        raise SystemExit(1) from None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from storage.settings import Settings
+from tests.conftest import free_port
 
 ONEBOX = str(Path(sys.executable).with_name("onebox"))
 
@@ -32,6 +33,35 @@ def test_user_errors_print_one_clear_line(settings: Settings, args: tuple[str, .
     done = onebox(settings, *args)
     assert done.returncode == 1
     assert expected in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("ONEBOX_SUBNET", "10.99.0.0/28", "ONEBOX_SUBNET=10.99.0.0/28: 10.99.0.0/28 is too small"),
+        ("ONEBOX_SUBNET", "10.99.0.1/24", "ONEBOX_SUBNET=10.99.0.1/24:"),
+        ("ONEBOX_SERVE_WORKERS", "0", "ONEBOX_SERVE_WORKERS=0:"),
+    ],
+)
+def test_a_bad_setting_names_its_variable(settings: Settings, variable: str, value: str, expected: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(variable, value)
+        done = onebox(settings, "status")
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_an_mlflow_server_that_does_not_answer_is_one_line(settings: Settings) -> None:
+    port = free_port()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEBOX_RUNTIME", "compose")
+        patch.setenv("ONEBOX_MLFLOW_PORT", str(port))
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after minutes of retries
+        done = onebox(settings, "status")
+    assert done.returncode == 1
+    assert f"error: MLflow (http://127.0.0.1:{port}):" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

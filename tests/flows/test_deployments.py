@@ -6,6 +6,7 @@ one `onebox worker` on this host polling the pool `onebox`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -230,6 +231,9 @@ def test_onebox_train_runs_on_the_worker_and_deploys(appliance: Settings, worker
     production = version_by_alias(appliance, PRODUCTION)
     assert production is not None
     assert f"model version  {appliance.model_name} v{production.version}" in done.stdout
+    status = json.loads(subprocess.run([ONEBOX, "status", "--json"], capture_output=True, check=True).stdout)
+    assert status["workers"] == ["test-worker"]
+    assert status["served_version"] == production.version
 
 
 def test_a_failed_run_says_why_and_leaves_production_alone(appliance: Settings, worker: Path) -> None:
