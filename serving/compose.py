@@ -98,10 +98,15 @@ def subnets_in_use() -> dict[ipaddress.IPv4Network, str]:
     return used
 
 
+def overlap(subnet: ipaddress.IPv4Network, used: dict[ipaddress.IPv4Network, str]) -> str | None:
+    """What in ``used`` (see :func:`subnets_in_use`) overlaps ``subnet``; None: it is free."""
+    return next((what for taken, what in used.items() if taken.overlaps(subnet)), None)
+
+
 def pick_subnet(used: dict[ipaddress.IPv4Network, str]) -> ipaddress.IPv4Network:
     """The highest /24 of SUBNET_POOL that overlaps nothing in ``used``."""
     for candidate in reversed(list(SUBNET_POOL.subnets(new_prefix=24))):
-        if not any(candidate.overlaps(taken) for taken in used):
+        if overlap(candidate, used) is None:
             return candidate
     raise ServingError(f"no /24 of {SUBNET_POOL} is free for the appliance's network: set ONEBOX_SUBNET to one")
 
@@ -255,11 +260,11 @@ class ComposeRuntime:
             self.down()
         used = subnets_in_use()
         if self.settings.subnet is not None:
-            clash = next((what for taken, what in used.items() if taken.overlaps(self.settings.subnet)), None)
+            clash = overlap(self.settings.subnet, used)
             if clash:
                 raise ServingError(f"ONEBOX_SUBNET={self.settings.subnet} overlaps {clash}; choose another subnet")
             subnet = self.settings.subnet
-        elif wanted and not any(ipaddress.IPv4Network(wanted).overlaps(taken) for taken in used):
+        elif wanted and overlap(ipaddress.IPv4Network(wanted), used) is None:
             subnet = ipaddress.IPv4Network(wanted)
         else:
             subnet = pick_subnet(used)

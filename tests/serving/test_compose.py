@@ -85,7 +85,7 @@ def test_ports_listen_on_loopback_only(appliance: Settings) -> None:
 def test_the_network_has_a_free_subnet_and_the_colors_fixed_addresses(appliance: Settings) -> None:
     import ipaddress
 
-    from serving.compose import SUBNET_KEY, network_addresses, subnets_in_use
+    from serving.compose import SUBNET_KEY, network_addresses, overlap, subnets_in_use
 
     runtime = ComposeRuntime(appliance)
     state = runtime.state()
@@ -96,7 +96,7 @@ def test_the_network_has_a_free_subnet_and_the_colors_fixed_addresses(appliance:
     assert network.attrs["IPAM"]["Config"][0]["Subnet"] == str(subnet)
     # Nothing else here (no other Docker network, no host route) overlaps it.
     others = {taken: what for taken, what in subnets_in_use().items() if what != f"Docker network {network.name}"}
-    assert not [what for taken, what in others.items() if taken.overlaps(subnet)]
+    assert overlap(subnet, others) is None
 
 
 def test_train_through_the_appliance_serves_via_the_gateway(appliance: Settings) -> None:

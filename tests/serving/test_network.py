@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from pydantic import ValidationError
 
-from serving.compose import SUBNET_POOL, network_addresses, pick_subnet
+from serving.compose import SUBNET_POOL, network_addresses, overlap, pick_subnet
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -34,6 +34,8 @@ def test_a_subnet_is_picked_around_what_is_used() -> None:
         ipaddress.IPv4Network("172.17.0.0/16"): "Docker network bridge",
     }
     assert pick_subnet(used) == ipaddress.IPv4Network("172.31.253.0/24")
+    assert overlap(ipaddress.IPv4Network("172.31.254.128/25"), used) == "the host's route via eth1"
+    assert overlap(ipaddress.IPv4Network("172.31.253.0/24"), used) is None
 
 
 def test_no_free_subnet_says_how_to_choose_one() -> None:
