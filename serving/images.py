@@ -74,14 +74,18 @@ def _docker():  # type: ignore[no-untyped-def]
     return client
 
 
-def image_exists(tag: str) -> bool:
+def find_image(tag: str):  # type: ignore[no-untyped-def]
+    """The image named ``tag``, or None."""
     import docker
 
     try:
-        _docker().images.get(tag)
+        return _docker().images.get(tag)
     except docker.errors.ImageNotFound:
-        return False
-    return True
+        return None
+
+
+def image_exists(tag: str) -> bool:
+    return find_image(tag) is not None
 
 
 def resolve_base_image(requested: str, *, bootstrap: str = BOOTSTRAP_IMAGE, extra_packages: str = "") -> str:
@@ -189,8 +193,8 @@ def _inputs_digest(context: Path, buildargs: dict[str, str], offline: bool) -> s
     """
     digest = hashlib.sha256(repr((sorted(buildargs.items()), offline)).encode())
     for value in sorted(buildargs.values()):
-        if image_exists(value):
-            digest.update(str(_docker().images.get(value).id).encode())
+        if (image := find_image(value)) is not None:
+            digest.update(str(image.id).encode())
     for path in sorted(p for p in context.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(context)).encode() + b"\0")
         if path.suffix == ".whl":
@@ -217,10 +221,9 @@ def build_image(
     labels: dict[str, str] = {}
     if skip_unchanged:
         labels[INPUTS_LABEL] = _inputs_digest(context, buildargs, offline)
-        if image_exists(tag):
-            existing = _docker().images.get(tag)
-            if (existing.labels or {}).get(INPUTS_LABEL) == labels[INPUTS_LABEL]:
-                return str(existing.id)
+        existing = find_image(tag)
+        if existing is not None and (existing.labels or {}).get(INPUTS_LABEL) == labels[INPUTS_LABEL]:
+            return str(existing.id)
     try:
         image, _ = _docker().images.build(
             path=str(context),
