@@ -501,6 +501,6 @@ def main() -> None:
         mlflow_errors = sys.modules.get("mlflow.exceptions")
         if mlflow_errors is None or not isinstance(error, mlflow_errors.MlflowException):
             raise
-        first = str(error.message if hasattr(error, "message") else error).splitlines()[0]
+        first = str(error.message).splitlines()[0]
         errors.print(f"[bold red]error:[/] MLflow ({get_settings().mlflow_tracking_uri}): {first}", highlight=False)
         raise SystemExit(1) from None
