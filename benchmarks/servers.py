@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.loadgen import Body
+from serving.images import SOURCE_ROOT
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
@@ -24,6 +25,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def isolated_appliance_environment(label: str, home: Path) -> dict[str, str]:
+    """ONEBOX_* settings for an appliance of its own beside any other on this machine (the
+    benchmarks' and the tests'): its home, compose project, model name and free ports."""
+    suffix = uuid.uuid4().hex[:8]
+    return {
+        "ONEBOX_HOME": str(home),
+        "ONEBOX_RUNTIME": "compose",
+        "ONEBOX_COMPOSE_PROJECT": f"onebox-{label}-{suffix}",
+        "ONEBOX_MODEL_NAME": f"{label}-{suffix}",
+        "ONEBOX_SERVE_PORT": str(free_port()),
+        "ONEBOX_MLFLOW_PORT": str(free_port()),
+        "ONEBOX_PREFECT_PORT": str(free_port()),
+    }
 
 
 @contextmanager

@@ -16,27 +16,17 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.servers import free_port
+from benchmarks.servers import isolated_appliance_environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def configure() -> None:
-    suffix = uuid.uuid4().hex[:8]
-    os.environ.update({
-        "ONEBOX_HOME": tempfile.mkdtemp(prefix="onebox-bench-"),
-        "ONEBOX_RUNTIME": "compose",
-        "ONEBOX_COMPOSE_PROJECT": f"onebox-bench-{suffix}",
-        "ONEBOX_MODEL_NAME": f"bench-{suffix}",
-        "ONEBOX_SERVE_PORT": str(free_port()),
-        "ONEBOX_MLFLOW_PORT": str(free_port()),
-        "ONEBOX_PREFECT_PORT": str(free_port()),
-    })  # fmt: skip
+    os.environ.update(isolated_appliance_environment("bench", Path(tempfile.mkdtemp(prefix="onebox-bench-"))))
 
 
 def write(name: str, results: dict[str, Any]) -> None:

@@ -9,9 +9,7 @@ import contextlib
 import functools
 import io
 import os
-import socket
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.servers import free_port, isolated_appliance_environment
 from storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -77,12 +76,6 @@ def _docker_engine(request: pytest.FixtureRequest) -> None:
     pytest.skip(problem)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def png_bytes(pixels: np.ndarray, *, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=format)
@@ -107,18 +100,9 @@ def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
 
     if docker_problem():
         pytest.skip("needs Docker")  # the autouse fixture turns this into a failure in CI
-    suffix = uuid.uuid4().hex[:8]
     patch = pytest.MonkeyPatch()
-    for name, value in {
-        "ONEBOX_HOME": str(tmp_path_factory.mktemp("appliance-home")),
-        "ONEBOX_RUNTIME": "compose",
-        "ONEBOX_COMPOSE_PROJECT": f"onebox-test-{suffix}",
-        "ONEBOX_MODEL_NAME": f"test-{suffix}",
-        "ONEBOX_SERVE_PORT": str(free_port()),
-        "ONEBOX_MLFLOW_PORT": str(free_port()),
-        "ONEBOX_PREFECT_PORT": str(free_port()),
-        "ONEBOX_DRAIN_S": "3",
-    }.items():
+    environment = isolated_appliance_environment("test", tmp_path_factory.mktemp("appliance-home"))
+    for name, value in {**environment, "ONEBOX_DRAIN_S": "3"}.items():
         patch.setenv(name, value)
     get_settings.cache_clear()
     settings = get_settings()

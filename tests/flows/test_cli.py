@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.servers import free_port
 from storage.settings import Settings
-from tests.conftest import free_port
 
 ONEBOX = str(Path(sys.executable).with_name("onebox"))
 
