@@ -19,7 +19,9 @@ from storage.settings import Settings
 from tests.conftest import isolated_appliance
 from tests.flows.test_deployments import _create_run, _logs, _wait_final
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The module's first test builds the worker image when the engine has none (3 GB of wheels, a
+# 6.5 GB image: 10-20 min on 2 cores), inside `onebox up --worker`'s own 30-minute limit.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ONEBOX = str(Path(sys.executable).with_name("onebox"))
 
