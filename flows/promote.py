@@ -102,7 +102,7 @@ def deploy_and_promote(settings: Settings, version: str, *, runtime: Runtime | N
     return state.url
 
 
-def rollback(settings: Settings) -> tuple[str, str]:
+def rollback(settings: Settings, *, runtime: Runtime | None = None) -> tuple[str, str]:
     """Serve the ``previous`` version again, then move ``production`` back to it.
 
     Returns:
@@ -114,7 +114,7 @@ def rollback(settings: Settings) -> tuple[str, str]:
     previous = version_by_alias(settings, PREVIOUS)
     if previous is None:
         raise ModelError(f"model {settings.model_name} has no previous production version to roll back to")
-    return previous.version, deploy_and_promote(settings, previous.version)
+    return previous.version, deploy_and_promote(settings, previous.version, runtime=runtime)
 
 
 def ensure_production_served(
