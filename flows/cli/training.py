@@ -128,8 +128,11 @@ def _train_on_worker(current: Settings, parameters: TrainingParameters, workers:
     print_summary(RunSummary.from_record(read_run(current, run_id), model_name=current.model_name))
 
 
+EPOCHS = TrainingParameters.model_fields["epochs"]
+
+
 @app.command()
-def demo(epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epochs.")] = 15) -> None:
+def demo(epochs: Annotated[int, _option("epochs", EPOCHS)[0]] = EPOCHS.default) -> None:
     """Train on the bundled digits, register, gate against production and serve on 127.0.0.1."""
     from flows.promote import ensure_production_served
     from storage.registry import PRODUCTION, count_versions, version_by_alias
