@@ -81,21 +81,25 @@ def bounds(field: FieldInfo) -> str:
     if get_origin(field.annotation) is Literal:
         *first, last = map(str, get_args(field.annotation))
         return f"{', '.join(first)} or {last}" if first else last
-    lower = upper = ""
+    low: tuple[object, bool] | None = None  # (limit, inclusive)
+    high: tuple[object, bool] | None = None
     for limit in field.metadata:
         if isinstance(limit, annotated_types.Ge):
-            lower = _number(limit.ge)
+            low = (limit.ge, True)
         elif isinstance(limit, annotated_types.Gt):
-            lower = f"above {_number(limit.gt)}"
+            low = (limit.gt, False)
         elif isinstance(limit, annotated_types.Le):
-            upper = _number(limit.le)
+            high = (limit.le, True)
         elif isinstance(limit, annotated_types.Lt):
-            upper = f"below {_number(limit.lt)}"
-    if lower and upper and lower[0] != "a" and upper[0] != "b":
-        return f"{lower} to {upper}"
-    lower = f"at least {lower}" if lower and lower[0] != "a" else lower
-    upper = f"at most {upper}" if upper and upper[0] != "b" else upper
-    return ", ".join(part for part in (lower, upper) if part)
+            high = (limit.lt, False)
+    if low and high and low[1] and high[1]:
+        return f"{_number(low[0])} to {_number(high[0])}"
+    words = []
+    if low:
+        words.append(f"{'at least' if low[1] else 'above'} {_number(low[0])}")
+    if high:
+        words.append(f"{'at most' if high[1] else 'below'} {_number(high[0])}")
+    return ", ".join(words)
 
 
 def describe(field: FieldInfo) -> str:
@@ -131,7 +135,11 @@ def flat_parameters(
 
     def decorate(function: Callable[..., R]) -> Callable[..., R]:
         wrapped = inspect.signature(function, eval_str=True)
-        own = list(wrapped.parameters.values())[1:]
+        # The function's own parameters come after the fields, so keyword-only like them.
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(wrapped.parameters.values())[1:]]
+        clash = {p.name for p in own} & set(model.model_fields)
+        if clash:
+            raise TypeError(f"{function.__name__} has parameters named like {model.__name__}'s fields: {clash}")
         fields = [
             inspect.Parameter(
                 name,
