@@ -6,7 +6,7 @@ their help, limits and checks are the run form's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -27,8 +27,6 @@ OPTION_NAMES = {"learning_rate": "--lr", "deploy": "--deploy/--no-deploy"}
 
 
 def _metavar(field: FieldInfo) -> str:
-    from typing import Literal, get_args, get_origin
-
     kind = field.annotation
     if get_origin(kind) is Literal:
         return "<" + "|".join(map(str, get_args(kind))) + ">"

@@ -13,6 +13,7 @@ from prefect.utilities.callables import parameter_schema
 from flows.deployments import _field_labels
 from flows.parameters import TrainingParameters, bounds, describe, flat_parameters
 from flows.pipeline import training_pipeline
+from storage.settings import Settings
 
 FIELDS = TrainingParameters.model_fields
 MODEL_SCHEMA = TrainingParameters.model_json_schema()["properties"]
@@ -63,3 +64,32 @@ def test_flat_values_validate_into_the_model() -> None:
     assert received == [TrainingParameters(epochs=2)]
     assert TrainingParameters(epochs=2).hyperparameters()["epochs"] == 2
     assert set(TrainingParameters.hyperparameter_names()) == set(FIELDS) - {"dataset", "dataset_version"}
+
+
+@pytest.mark.slow  # starts Prefect's test server
+def test_the_registered_deployment_takes_flat_parameters_and_refuses_bad_ones(
+    prefect_server: None, settings: Settings
+) -> None:
+    """What the UI's Run button and `onebox train` on the worker send: a flat dict of values."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from flows.deployments import deployment_name, register_all
+
+    register_all(settings)
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name("training-pipeline"))
+        properties = deployment.parameter_openapi_schema["properties"]
+        assert list(properties) == list(FIELDS)
+        assert properties["epochs"]["title"] == "Epochs"
+        assert properties["learning_rate"]["exclusiveMinimum"] == 0
+
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 2})
+        try:
+            assert run.parameters["epochs"] == 2
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                client.create_flow_run_from_deployment(deployment.id, parameters={"learning_rate": 0})
+            assert refused.value.response.status_code == 409
+            assert "learning_rate" in refused.value.response.text
+        finally:
+            client.delete_flow_run(run.id)  # no worker polls this server: it would only wait
