@@ -83,7 +83,6 @@ def train(
     With the appliance up and a worker polling, the run is the registered deployment's, executed
     by the worker (as if started from the Prefect UI); this command follows its logs.
     """
-    from flows.train import resolve_device
     from storage.datasets import resolve_dataset
 
     current = settings()
@@ -99,6 +98,8 @@ def train(
             "[yellow]no worker polls the pool 'onebox' (start one: onebox worker); training in this process, "
             "recorded by the appliance's Prefect server[/]"
         )
+    from flows.train import resolve_device  # torch: imported once the run is sure to start here
+
     resolve_device(parameters.device)
     result = run_pipeline(parameters)
     print_summary(result.summary, ("MLflow store", current.mlflow_tracking_uri))
