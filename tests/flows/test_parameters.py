@@ -79,6 +79,7 @@ def test_the_registered_deployment_takes_flat_parameters_and_refuses_bad_ones(
     register_all(settings)
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(deployment_name("training-pipeline"))
+        assert deployment.parameter_openapi_schema is not None
         properties = deployment.parameter_openapi_schema["properties"]
         assert list(properties) == list(FIELDS)
         assert properties["epochs"]["title"] == "Epochs"
