@@ -48,4 +48,5 @@ class ConvClassifier(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        logits: torch.Tensor = self.head(self.features(images))
+        return logits

@@ -1,4 +1,4 @@
-"""The training pipeline as a Prefect flow: each step a task over a plain function.
+"""The training pipeline as a Prefect flow: each step a task over a plain function (``flows/steps.py``).
 
 prepare -> train -> evaluate -> export + verify -> log -> register -> gate -> deploy -> promote
 """
@@ -8,194 +8,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run
-from pydantic import Field
 
-from flows import evaluate, export, prepare, promote, report, tracking, train
+from flows import promote, steps, tracking, train
 from flows.deployments import GPU_LIMIT, ensure_gpu_limit
-from storage.datasets import load_dataset, resolve_dataset
-from storage.settings import Settings, get_settings
-
-# Tasks pass arrays and models in memory (NO_CACHE): hashing them for a cache key would cost
-# more than it saves, and a rerun should train again anyway.
-#
-# Steps that talk to MLflow retry: the MLflow client already retries refused connections with
-# backoff, and a task retry covers what outlasts that (a server restarting). Registering and
-# deploying do not retry: a second attempt could register twice or race the first deploy.
-MLFLOW_RETRIES, MLFLOW_RETRY_DELAYS_S = 2, [5.0, 20.0]
-
-
-@task(name="prepare", cache_policy=NO_CACHE)
-def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, seed: int) -> prepare.PreparedData:
-    version = resolve_dataset(dataset, dataset_version, settings)
-    print(
-        f"dataset {version.name}:{version.version}: {version.num_images} images, "
-        f"{len(version.classes)} classes, shape {version.image_shape}"
-    )
-    return prepare.split_dataset(load_dataset(version), seed=seed)
-
-
-@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
-def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int) -> str:
-    tags = {"onebox.flow": "training-pipeline"}
-    if flow_run.id:
-        tags["onebox.prefect_flow_run_id"] = flow_run.id
-    run_id = tracking.start_run(settings, run_name=f"{data.dataset.name}-seed{seed}", tags=tags)
-    print(f"MLflow run {run_id}")
-    return run_id
-
-
-@task(name="train", cache_policy=NO_CACHE)
-def train_model(
-    data: prepare.PreparedData, epochs: int, learning_rate: float, batch_size: int, seed: int, device: str
-) -> train.TrainingResult:
-    def print_epoch(stats: train.EpochStats) -> None:
-        print(
-            f"epoch {stats.epoch}/{epochs}: loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f} "
-            f"| val loss {stats.val_loss:.4f} val acc {stats.val_accuracy:.4f}"
-        )
-
-    result = train.train_model(
-        data,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        on_epoch=print_epoch,
-    )
-    print(f"trained on {result.device} in {result.seconds:.1f} s")
-    return result
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_model(data: prepare.PreparedData, training: train.TrainingResult) -> evaluate.Evaluation:
-    probabilities = train.predict_probabilities(training.model, data.test.images)
-    result = evaluate.evaluate_probabilities(probabilities, data.test.labels, data.classes)
-    print(f"test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}")
-    return result
-
-
-@task(name="export-onnx", cache_policy=NO_CACHE)
-def export_model(data: prepare.PreparedData, training: train.TrainingResult, folder: Path) -> export.ExportCheck:
-    onnx_path = export.export_onnx(training.model, folder / "model.onnx")
-    check = export.check_export(training.model, onnx_path, data.test.images)
-    print(
-        f"ONNX parity: max |logit diff| {check.max_abs_logit_diff:.2e}, top-1 agreement "
-        f"{check.top1_agreement:.4f}; batch-1 latency torch {check.torch_latency_ms[1]:.3f} ms, "
-        f"ONNX Runtime {check.onnx_latency_ms[1]:.3f} ms"
-    )
-    return check
-
-
-@task(name="log-to-mlflow", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
-def log_run(
-    settings: Settings,
-    run_id: str,
-    params: dict[str, Any],
-    data: prepare.PreparedData,
-    training: train.TrainingResult,
-    evaluation: evaluate.Evaluation,
-    check: export.ExportCheck,
-    onnx_path: Path,
-) -> str:
-    return tracking.log_training(
-        settings,
-        run_id,
-        params=params,
-        data=data,
-        training=training,
-        evaluation=evaluation,
-        export=check,
-        onnx_path=onnx_path,
-    )
-
-
-@task(name="register", cache_policy=NO_CACHE)
-def register(
-    settings: Settings, model_uri: str, run_id: str, data: prepare.PreparedData, evaluation: evaluate.Evaluation
-) -> str:
-    version = tracking.register_model(settings, model_uri=model_uri, run_id=run_id, data=data, evaluation=evaluation)
-    tracking.log_outcome(settings, run_id, metrics={}, tags={"onebox.model_version": version})
-    print(f"registered {settings.model_name} version {version}")
-    return version
-
-
-@task(name="promotion-gate", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
-def gate(
-    settings: Settings,
-    run_id: str,
-    version: str,
-    data: prepare.PreparedData,
-    evaluation: evaluate.Evaluation,
-    min_improvement: float,
-) -> promote.GateDecision:
-    production_version, production, note = promote.evaluate_production(settings, data)
-    if production is not None:
-        tracking.log_outcome(
-            settings,
-            run_id,
-            metrics=production.flat_metrics(prefix="production_test_"),
-            tags={"onebox.production_version": production_version},
-        )
-    decision = promote.decide_promotion(
-        challenger_version=version,
-        challenger=evaluation,
-        production_version=production_version,
-        production=production,
-        note=note,
-        min_improvement=min_improvement,
-    )
-    tracking.log_outcome(
-        settings,
-        run_id,
-        metrics={},
-        tags={
-            "onebox.gate": "passed" if decision.promote else "kept-production",
-            "onebox.gate_reason": decision.reason,
-        },
-    )
-    print(decision.reason)
-    return decision
-
-
-@task(name="report", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
-def write_report(
-    settings: Settings,
-    run_id: str,
-    evaluation: evaluate.Evaluation,
-    decision: promote.GateDecision,
-    served_url: str | None,
-) -> str:
-    baseline = decision.production_version if decision.production_evaluation is not None else None
-    html = report.build_report(settings, run_id, baseline_version=baseline)
-    uri = report.log_report(settings, run_id, html)
-    create_markdown_artifact(
-        key="training-summary",
-        markdown=report.summary_markdown(settings, run_id, decision, served_url, uri),
-        description=f"{settings.model_name} v{decision.challenger_version}: {decision.reason}",
-    )
-    create_table_artifact(
-        key="training-metrics",
-        table=report.metrics_table(evaluation, decision.production_evaluation),
-        description=f"{settings.model_name} v{decision.challenger_version} vs production, same test split",
-    )
-    print(f"evaluation report: {uri}")
-    return uri
-
-
-@task(name="deploy-and-promote", cache_policy=NO_CACHE)
-def deploy_version(settings: Settings, version: str) -> str:
-    url = promote.deploy_and_promote(settings, version)
-    print(f"version {version} serves at {url} and is now production")
-    return url
+from flows.parameters import TrainingParameters, flat_parameters
+from flows.run_record import RunSummary
+from storage.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -214,61 +36,29 @@ class PipelineResult:
     def promoted(self) -> bool:
         return self.decision.promote and self.served_url is not None
 
+    @property
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            run_id=self.run_id,
+            model=f"{self.model_name} v{self.model_version}",
+            dataset=self.dataset,
+            test_accuracy=self.test_accuracy,
+            test_macro_f1=self.test_macro_f1,
+            device=self.device,
+            gate=self.decision.reason,
+        )
 
+
+# The run form, the API's validation and the call signature are TrainingParameters' fields, flat:
+# `training_pipeline(epochs=2)` here, `{"epochs": 2}` from the UI or the API.
 @flow(name="training-pipeline", log_prints=True, validate_parameters=True)
-def training_pipeline(
-    dataset: Annotated[
-        str, Field(title="Dataset", description="Dataset name (see `onebox data list`).", min_length=1)
-    ] = "digits",
-    dataset_version: Annotated[
-        str | None, Field(title="Dataset version", description="Empty: the newest version.")
-    ] = None,
-    epochs: Annotated[
-        int, Field(title="Epochs", ge=1, le=1000, description="Passes over the training split, 1 to 1000.")
-    ] = 15,
-    learning_rate: Annotated[
-        float, Field(title="Learning rate", gt=0, le=1, description="Adam step size, above 0 and at most 1.")
-    ] = 1e-3,
-    batch_size: Annotated[
-        int, Field(title="Batch size", ge=1, le=4096, description="Images per training step, 1 to 4096.")
-    ] = 64,
-    seed: Annotated[
-        int, Field(title="Seed", ge=0, le=2**31 - 1, description="Fixes the split and the initial weights.")
-    ] = 0,
-    device: Annotated[
-        Literal["auto", "cpu", "cuda"], Field(title="Device", description="auto: CUDA when present.")
-    ] = "auto",
-    deploy: Annotated[
-        bool,
-        Field(
-            title="Deploy when the gate passes",
-            description="Off: train only (train, evaluate, register and report; production is not touched).",
-        ),
-    ] = True,
-    min_improvement: Annotated[
-        float,
-        Field(
-            title="Minimum improvement",
-            ge=-1,
-            le=1,
-            description="Accuracy gain over production needed to promote, -1 to 1; negative forces promotion.",
-        ),
-    ] = 0.0,
-) -> PipelineResult:
+@flat_parameters(TrainingParameters)
+def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
     """Train, evaluate, export, register and (if better) deploy an image classifier."""
     settings = get_settings()
-    params = {
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "seed": seed,
-        "device": device,
-        "deploy": deploy,
-        "min_improvement": min_improvement,
-    }
-    train.resolve_device(device)  # fail before any work when CUDA was asked for and is missing
-    data = prepare_data(settings, dataset, dataset_version, seed)
-    run_id = start_mlflow_run(settings, data, seed)
+    train.resolve_device(parameters.device)  # fail before any work when CUDA was asked for and is missing
+    data = steps.prepare_data(settings, parameters.dataset, parameters.dataset_version, parameters.seed)
+    run_id = steps.start_mlflow_run(settings, data, parameters.seed)
     failed = True
     try:
         # One slot of the `gpu` limit per training: two runs started together train one after
@@ -278,25 +68,25 @@ def training_pipeline(
         logger.info("waiting for a slot of the %r concurrency limit", GPU_LIMIT)
         with concurrency(GPU_LIMIT, occupy=1, strict=True):
             logger.info("holding a %r slot: training", GPU_LIMIT)
-            training = train_model(data, epochs, learning_rate, batch_size, seed, device)
-            evaluation = evaluate_model(data, training)
+            training = steps.train_model(data, parameters)
+            evaluation = steps.evaluate_model(data, training)
             training.model.cpu()  # export and serving work on CPU; the GPU is free for the next run
             train.release_gpu_memory()
         logger.info("released the %r slot", GPU_LIMIT)
         with tempfile.TemporaryDirectory(prefix="onebox-export-") as folder:
-            check = export_model(data, training, Path(folder))
-            model_uri = log_run(
-                settings, run_id, params, data, training, evaluation, check, Path(folder) / "model.onnx"
+            check = steps.export_model(data, training, Path(folder))
+            model_uri = steps.log_run(
+                settings, run_id, parameters, data, training, evaluation, check, Path(folder) / "model.onnx"
             )
-        version = register(settings, model_uri, run_id, data, evaluation)
-        decision = gate(settings, run_id, version, data, evaluation, min_improvement)
+        version = steps.register(settings, model_uri, run_id, data, evaluation)
+        decision = steps.gate(settings, run_id, version, data, evaluation, parameters.min_improvement)
         served_url = None
-        if decision.promote and deploy:
-            served_url = deploy_version(settings, version)
+        if decision.promote and parameters.deploy:
+            served_url = steps.deploy_version(settings, version)
         elif decision.promote:
             print(f"version {version} passed the gate; not deployed (deploy is off)")
         tracking.log_outcome(settings, run_id, metrics={"promoted": float(served_url is not None)}, tags={})
-        write_report(settings, run_id, evaluation, decision, served_url)
+        steps.write_report(settings, run_id, evaluation, decision, served_url)
         failed = False
     finally:
         tracking.end_run(settings, run_id, failed=failed)

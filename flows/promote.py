@@ -8,6 +8,7 @@ after the new model has answered a prediction through the running server.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flows.evaluate import Evaluation, evaluate_probabilities
 from flows.prepare import PreparedData
@@ -16,6 +17,9 @@ from serving.runtime import Runtime, runtime_for
 from storage.errors import ModelError
 from storage.registry import PREVIOUS, PRODUCTION, materialize_bundle, move_production_alias, version_by_alias
 from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.local import ServerState
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def deploy_and_promote(settings: Settings, version: str, *, runtime: Runtime | N
     return state.url
 
 
-def rollback(settings: Settings) -> tuple[str, str]:
+def rollback(settings: Settings, *, runtime: Runtime | None = None) -> tuple[str, str]:
     """Serve the ``previous`` version again, then move ``production`` back to it.
 
     Returns:
@@ -110,4 +114,28 @@ def rollback(settings: Settings) -> tuple[str, str]:
     previous = version_by_alias(settings, PREVIOUS)
     if previous is None:
         raise ModelError(f"model {settings.model_name} has no previous production version to roll back to")
-    return previous.version, deploy_and_promote(settings, previous.version)
+    return previous.version, deploy_and_promote(settings, previous.version, runtime=runtime)
+
+
+def ensure_production_served(
+    settings: Settings, *, restart: bool = False, runtime: Runtime | None = None
+) -> ServerState:
+    """Serve the production version unless it already serves (or ``restart``); returns what serves.
+
+    A deploy of the same version restarts it: stop-start locally, blue/green in the appliance.
+    The alias does not move: it names this version already.
+
+    Raises:
+        ModelError: there is no production version yet.
+        ServingError: the model did not become ready (what served before still serves).
+    """
+    production = version_by_alias(settings, PRODUCTION)
+    if production is None:
+        raise ModelError("no production model yet; train one with: onebox train")
+    runtime = runtime or runtime_for(settings)
+    current = runtime.current()
+    if not restart and current is not None and current.model_version == production.version:
+        return current
+    state = runtime.deploy(materialize_bundle(settings, production.version))
+    runtime.retire_previous()
+    return state

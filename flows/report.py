@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import tempfile
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,70 +19,17 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from flows import report_plots
 from flows.evaluate import Evaluation, evaluate_probabilities
 from flows.export import LATENCY_BATCH_SIZES
+from flows.parameters import TrainingParameters
 from flows.prepare import Split, split_dataset
 from flows.promote import GateDecision
+from flows.run_record import REPORT_FILE, RunRecord, read_run
 from serving.predictor import OnnxPredictor
 from storage.datasets import load_dataset, resolve_dataset
 from storage.errors import ModelError
-from storage.registry import configure_mlflow, materialize_bundle
+from storage.registry import materialize_bundle
 from storage.settings import Settings
 
-REPORT_FILE = "report.html"
-CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 MAX_MISCLASSIFIED = 32
-
-
-@dataclass
-class RunRecord:
-    """What MLflow holds about one training run."""
-
-    run_id: str
-    run_name: str
-    started: datetime
-    ended: datetime | None
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    history: dict[str, list[float]] = field(default_factory=dict)
-
-    @property
-    def model_version(self) -> str:
-        version = self.tags.get("onebox.model_version")
-        if not version:
-            raise ModelError(f"run {self.run_id} registered no model (it may have failed before registration)")
-        return version
-
-    @property
-    def seconds(self) -> float:
-        end = self.ended or datetime.now(UTC)
-        return (end - self.started).total_seconds()
-
-
-def read_run(settings: Settings, run_id: str) -> RunRecord:
-    """Raises: ModelError when no such run exists."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    configure_mlflow(settings)
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        raise ModelError(f"run {run_id!r} does not exist in {settings.mlflow_tracking_uri}") from error
-    history = {
-        key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] for key in CURVES
-    }
-    info = run.info
-    return RunRecord(
-        run_id=run_id,
-        run_name=info.run_name or run_id,
-        started=datetime.fromtimestamp(info.start_time / 1000, UTC),
-        ended=datetime.fromtimestamp(info.end_time / 1000, UTC) if info.end_time else None,
-        params=dict(run.data.params),
-        metrics=dict(run.data.metrics),
-        tags=dict(run.data.tags),
-        history=history,
-    )
 
 
 def _test_split(settings: Settings, run: RunRecord) -> tuple[Split, tuple[str, ...]]:
@@ -214,10 +160,11 @@ def render_report(
             "agreement": run.metrics.get("onnx_top1_agreement"),
             "onnx_bytes": run.metrics.get("onnx_size_bytes"),
         },
+        # Each tracked parameter under its title, as the run form shows it.
         "hyperparameters": {
-            k: run.params[k]
-            for k in ("epochs", "learning_rate", "batch_size", "seed", "device", "min_improvement")
-            if k in run.params
+            TrainingParameters.model_fields[name].title: run.params[name]
+            for name in TrainingParameters.hyperparameter_names()
+            if name in run.params
         },
         "environment": _environment_rows(run),
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -236,39 +183,6 @@ def log_report(settings: Settings, run_id: str, html: str) -> str:
         path.write_text(html)
         client.log_artifact(run_id, str(path))
     return f"{client.get_run(run_id).info.artifact_uri}/{REPORT_FILE}"
-
-
-def latest_run_with_report(settings: Settings) -> str:
-    """Raises: ModelError when no run has a report yet."""
-    from mlflow import MlflowClient
-
-    experiment_id = configure_mlflow(settings)
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    for run in client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=50):
-        if any(a.path == REPORT_FILE for a in client.list_artifacts(run.info.run_id)):
-            return str(run.info.run_id)
-    raise ModelError("no run has a report yet; train one with: onebox train")
-
-
-def fetch_report(settings: Settings, run_id: str) -> Path:
-    """Copy a run's logged report into $ONEBOX_HOME/reports and return its path.
-
-    Raises:
-        ModelError: the run does not exist or has no report.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    read_run(settings, run_id)  # a clear error for an unknown run id
-    target = settings.home / "reports"
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=REPORT_FILE, dst_path=str(target / run_id)
-        )
-    except (MlflowException, OSError) as error:
-        raise ModelError(f"run {run_id} has no {REPORT_FILE}") from error
-    return Path(local)
 
 
 def mlflow_run_link(settings: Settings, run_id: str) -> str:

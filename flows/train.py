@@ -112,7 +112,7 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             logits = model(images)
             loss = functional.cross_entropy(logits, labels)
-            loss.backward()
+            torch.autograd.backward(loss)  # typed, unlike Tensor.backward
             optimizer.step()
             seen += len(batch)
             loss_sum += loss.item() * len(batch)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flows import evaluate, export, prepare, report, train
+from flows import evaluate, export, prepare, report, run_record, train
 from serving.predictor import create_session
 from storage.datasets import load_dataset, resolve_dataset
 from storage.images import normalize
@@ -64,7 +64,7 @@ def run_plain_pipeline(
         previous_probabilities = _probabilities(previous_model, data.test.images)
         previous = evaluate.evaluate_probabilities(previous_probabilities, data.test.labels, data.classes)
     better = previous is None or result.accuracy > previous.accuracy
-    record = report.RunRecord(
+    record = run_record.RunRecord(
         run_id=out_dir.name,
         run_name=f"{dataset}-seed{seed}",
         started=started,
@@ -84,7 +84,7 @@ def run_plain_pipeline(
             "onebox.gate": "passed" if better else "kept-production",
             "onebox.gate_reason": f"{'better' if better else 'not better'}: accuracy {result.accuracy:.4f}",
         },
-        history={key: [asdict(stats)[key] for stats in training.history] for key in report.CURVES},
+        history={key: [asdict(stats)[key] for stats in training.history] for key in run_record.CURVES},
     )
     html = report.render_report(
         record,
@@ -97,5 +97,5 @@ def run_plain_pipeline(
         baseline_version=previous_model.parent.name if previous_model is not None else None,
         baseline_label="previous model",
     )
-    (out_dir / report.REPORT_FILE).write_text(html)
+    (out_dir / run_record.REPORT_FILE).write_text(html)
     return result.accuracy

@@ -16,8 +16,13 @@ from storage.settings import Settings
 ONEBOX = str(Path(sys.executable).with_name("onebox"))
 
 
-def onebox(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ONEBOX_HOME": str(settings.home), "ONEBOX_SERVE_PORT": str(settings.serve_port)}
+def onebox(settings: Settings, *args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ONEBOX_HOME": str(settings.home),
+        "ONEBOX_SERVE_PORT": str(settings.serve_port),
+        "COLUMNS": str(columns),  # what rich wraps help and error panels at
+    }
     return subprocess.run([ONEBOX, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -26,7 +31,6 @@ def onebox(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     [
         (("train", "--dataset", "nope"), "unknown dataset 'nope'"),
         (("data", "import", "/no/such/folder", "--name", "x"), "does not exist"),
-        (("train", "--device", "tpu"), "device 'tpu' is unknown"),
     ],
 )
 def test_user_errors_print_one_clear_line(settings: Settings, args: tuple[str, ...], expected: str) -> None:
@@ -65,11 +69,40 @@ def test_an_mlflow_server_that_does_not_answer_is_one_line(settings: Settings) -
     assert "Traceback" not in done.stderr + done.stdout
 
 
-def test_out_of_range_option_is_a_usage_error(settings: Settings) -> None:
-    done = onebox(settings, "train", "--epochs", "0")
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--epochs", "0", "greater than or equal to 1"),
+        ("--lr", "0", "greater than 0"),
+        ("--device", "gpu", "should be 'auto', 'cpu' or 'cuda'"),
+        ("--seed", str(2**31), "less than or equal to 2147483647"),
+        ("--dataset", "", "at least 1 character"),
+    ],
+)
+def test_a_bad_training_parameter_is_a_usage_error_before_anything_starts(
+    settings: Settings, option: str, value: str, message: str
+) -> None:
+    done = onebox(settings, "train", option, value, columns=200)
     assert done.returncode == 2
-    assert "--epochs" in done.stderr
+    assert f"Invalid value for '{option}': " in done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
+    assert not settings.home.exists()  # no flow, no store, no dataset: refused while parsing
+
+
+def test_train_help_lists_every_parameter_with_its_limits(settings: Settings) -> None:
+    from flows.cli.training import OPTION_NAMES
+    from flows.parameters import TrainingParameters, describe
+
+    done = onebox(settings, "train", "--help", columns=300)
+    assert done.returncode == 0, done.stderr
+    words = " ".join(done.stdout.split())
+    for name, field in TrainingParameters.model_fields.items():
+        flag = OPTION_NAMES.get(name, "--" + name.replace("_", "-")).split("/")[0]
+        assert f" {flag} " in words, name
+        assert describe(field) in words, name
+    assert "(above 0, at most 1)" in words  # --lr's limit, as the flow has it
+    assert "--here" in words
 
 
 def test_data_import_list_and_status(settings: Settings, tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_bad_parameters_and_datasets_leave_no_trace(trained: TrainedPipeline) ->
     with pytest.raises(ParameterTypeError, match="epochs"):
         training_pipeline(epochs=0)
     with pytest.raises(ParameterTypeError, match="device"):
-        training_pipeline(device="tpu")  # type: ignore[call-overload]
+        training_pipeline(device="tpu")
     with pytest.raises(DatasetError, match="unknown dataset"):
         training_pipeline(dataset="nope")
     assert count_versions(settings) == versions

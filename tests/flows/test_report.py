@@ -8,17 +8,26 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from flows.report import REPORT_FILE, build_report, fetch_report, latest_run_with_report, read_run
+from flows.evaluate import evaluate_probabilities
+from flows.export import LATENCY_BATCH_SIZES
+from flows.parameters import TrainingParameters
+from flows.prepare import Split
+from flows.report import build_report, render_report
+from flows.run_record import REPORT_FILE, RunRecord, fetch_report, latest_run_with_report, read_run
 from storage.errors import ModelError
 from storage.registry import PRODUCTION, version_by_alias
 from tests.conftest import TrainedPipeline
 
-pytestmark = pytest.mark.slow
+if TYPE_CHECKING:
+    from flows.pipeline import PipelineResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -34,6 +43,97 @@ def metric_cell(html: str, name: str) -> float:
     return float(match.group(1))
 
 
+def table_rows(html: str, table_id: str) -> dict[str, str]:
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', html, re.S)
+    assert table, f"no table {table_id}"
+    return dict(re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td></tr>", table.group(1)))
+
+
+@pytest.fixture(scope="module")
+def challenger(trained: TrainedPipeline) -> PipelineResult:
+    """A second run of the session's pipeline, trained for this module: kept out, with a report."""
+    from flows.pipeline import training_pipeline
+
+    result: PipelineResult = training_pipeline(epochs=3, seed=5, deploy=False)
+    return result
+
+
+def synthetic_record(parameters: TrainingParameters, *, gate_reason: str) -> RunRecord:
+    """What MLflow would hold about a run, written by hand: no store, no training."""
+    params = {key: str(value) for key, value in parameters.hyperparameters().items()}
+    metrics = {f"{kind}_latency_ms_b{b}": 0.1 * b for b in LATENCY_BATCH_SIZES for kind in ("torch", "onnx")}
+    return RunRecord(
+        run_id="run-1",
+        run_name="shapes-seed0",
+        started=datetime(2026, 1, 1, tzinfo=UTC),
+        ended=datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
+        params={**params, "dataset_name": "shapes", "dataset_version": "abc123", "device_used": "cpu"},
+        metrics=metrics,
+        tags={"onebox.model_version": "4", "onebox.gate": "passed", "onebox.gate_reason": gate_reason},
+        history={
+            "train_loss": [1.0, 0.5],
+            "val_loss": [1.1, 0.6],
+            "train_accuracy": [0.5, 0.8],
+            "val_accuracy": [0.4, 0.7],
+        },
+    )
+
+
+def test_the_report_renders_from_a_hand_built_record() -> None:
+    classes = ("circle", "square", "star")
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    images = np.random.default_rng(0).integers(0, 256, size=(len(labels), 1, 4, 4), dtype=np.uint8)
+    probabilities = np.full((len(labels), 3), 0.1)
+    probabilities[np.arange(len(labels)), labels] = 0.8
+    probabilities[7] = [0.7, 0.2, 0.1]  # one square read as a circle
+    ours = evaluate_probabilities(probabilities, labels, classes)
+    theirs = evaluate_probabilities(np.eye(3)[np.zeros(len(labels), dtype=int)], labels, classes)  # all circles
+    parameters = TrainingParameters(epochs=2, learning_rate=0.01, seed=3)
+    record = synthetic_record(parameters, gate_reason="promoted: challenger v4 beats production v3")
+
+    html = render_report(
+        record,
+        model_name="shapes-classifier",
+        test=Split(images, labels),
+        classes=classes,
+        challenger=ours,
+        probabilities=probabilities,
+        baseline=theirs,
+        baseline_version="3",
+    )
+
+    assert metric_cell(html, "challenger-accuracy") == pytest.approx(7 / 8, abs=5e-5)
+    assert metric_cell(html, "baseline-accuracy") == pytest.approx(3 / 8, abs=5e-5)
+    assert 'id="comparison"' in html
+    assert "production v3" in html
+    assert "challenger v4 beats production v3" in html
+    assert "shapes:abc123" in html
+    # The hyperparameter table is the model's fields, under their titles.
+    expected = {TrainingParameters.model_fields[k].title: str(v) for k, v in parameters.hyperparameters().items()}
+    assert table_rows(html, "hyperparameters") == expected
+    images_in = inline_images(html)
+    assert {"plot-confusion", "plot-curves", "plot-latency", "plot-misclassified"} <= set(images_in)
+    assert all(png.startswith(PNG_MAGIC) for png in images_in.values())
+
+
+def test_a_first_model_report_has_no_comparison() -> None:
+    classes = ("circle", "square")
+    labels = np.array([0, 1, 0, 1])
+    probabilities = np.eye(2)[labels]  # every answer right
+    html = render_report(
+        synthetic_record(TrainingParameters(), gate_reason="promoted: no production model yet"),
+        model_name="shapes-classifier",
+        test=Split(np.zeros((4, 1, 2, 2), dtype=np.uint8), labels),
+        classes=classes,
+        challenger=evaluate_probabilities(probabilities, labels, classes),
+        probabilities=probabilities,
+    )
+    assert 'id="comparison"' not in html
+    assert "First model" in html
+    assert "plot-misclassified" not in inline_images(html)  # nothing to show
+
+
+@pytest.mark.slow
 def test_first_run_logs_a_report_without_comparison(trained: TrainedPipeline) -> None:
     settings, run_id = trained.settings, trained.result.run_id
     artifacts = {a.path for a in MlflowClient(settings.mlflow_tracking_uri).list_artifacts(run_id)}
@@ -53,11 +153,11 @@ def test_first_run_logs_a_report_without_comparison(trained: TrainedPipeline) ->
     assert tags["onebox.git_commit"] in html
 
 
-def test_challenger_report_matches_the_metrics_logged_to_mlflow(trained: TrainedPipeline) -> None:
-    from flows.pipeline import training_pipeline
-
-    settings = trained.settings
-    result = training_pipeline(epochs=3, seed=5, deploy=False)
+@pytest.mark.slow
+def test_challenger_report_matches_the_metrics_logged_to_mlflow(
+    trained: TrainedPipeline, challenger: PipelineResult
+) -> None:
+    settings, result = trained.settings, challenger
     run = MlflowClient(settings.mlflow_tracking_uri).get_run(result.run_id)
     html = fetch_report(settings, result.run_id).read_text()
 
@@ -84,6 +184,7 @@ def test_challenger_report_matches_the_metrics_logged_to_mlflow(trained: Trained
     assert logged["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_prefect_run_summary_links_the_report(trained: TrainedPipeline) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -98,11 +199,10 @@ def test_prefect_run_summary_links_the_report(trained: TrainedPipeline) -> None:
     assert "**Gate:**" in summaries[0]
 
 
-def test_compare_any_two_runs(trained: TrainedPipeline, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_compare_any_two_runs(trained: TrainedPipeline, challenger: PipelineResult) -> None:
     settings = trained.settings
-    first = trained.result.run_id
-    other = latest_run_with_report(settings)
-    assert other != first
+    first, other = trained.result.run_id, challenger.run_id
     html = build_report(
         settings, other, baseline_version=read_run(settings, first).model_version, baseline_label="run A"
     )
@@ -125,6 +225,7 @@ def test_compare_any_two_runs(trained: TrainedPipeline, tmp_path: Path) -> None:
     assert 'id="comparison"' in written.read_text()
 
 
+@pytest.mark.slow
 def test_unknown_run_is_a_clear_error(trained: TrainedPipeline) -> None:
     with pytest.raises(ModelError, match="run 'no-such-run' does not exist"):
         fetch_report(trained.settings, "no-such-run")

@@ -37,6 +37,7 @@ def test_shift_moves_pixels_by_at_most_one() -> None:
     assert len(positions) > 3
 
 
+@pytest.mark.slow  # trains for four epochs
 @pytest.mark.parametrize(
     "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no GPU"))]
 )

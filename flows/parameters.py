@@ -1,0 +1,165 @@
+"""The training run's parameters, defined once.
+
+:class:`TrainingParameters` is the single definition: the flow's signature (and so Prefect's run
+form and its server-side validation), the options of ``onebox train``, the MLflow params and the
+report's hyperparameter table are all generated from its fields. Adding a parameter means adding
+one field here.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TrainingParameters(BaseModel):
+    """What a researcher chooses for one training run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: Annotated[
+        str, Field(title="Dataset", description="Dataset name (see `onebox data list`).", min_length=1)
+    ] = "digits"
+    dataset_version: Annotated[str | None, Field(title="Dataset version", description="Empty: the newest version.")] = (
+        None
+    )
+    epochs: Annotated[int, Field(title="Epochs", description="Passes over the training split.", ge=1, le=1000)] = 15
+    learning_rate: Annotated[float, Field(title="Learning rate", description="Adam step size.", gt=0, le=1)] = 1e-3
+    batch_size: Annotated[int, Field(title="Batch size", description="Images per training step.", ge=1, le=4096)] = 64
+    seed: Annotated[
+        int, Field(title="Seed", description="Fixes the split and the initial weights.", ge=0, le=2**31 - 1)
+    ] = 0
+    device: Annotated[Device, Field(title="Device", description="Where to train; auto: CUDA when present.")] = "auto"
+    deploy: Annotated[
+        bool,
+        Field(
+            title="Deploy when the gate passes",
+            description="Off: train only (train, evaluate, register and report; production is not touched).",
+        ),
+    ] = True
+    min_improvement: Annotated[
+        float,
+        Field(
+            title="Minimum improvement",
+            description="Accuracy gain over production needed to promote; negative forces promotion.",
+            ge=-1,
+            le=1,
+        ),
+    ] = 0.0
+
+    # The dataset is tracked as the version the run resolved (dataset_name, dataset_version), not
+    # as asked: "newest" means something else tomorrow.
+    DATASET_FIELDS: ClassVar[tuple[str, ...]] = ("dataset", "dataset_version")
+
+    @classmethod
+    def hyperparameter_names(cls) -> tuple[str, ...]:
+        """The fields logged as MLflow params under their own names and shown in the report."""
+        return tuple(name for name in cls.model_fields if name not in cls.DATASET_FIELDS)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """This run's values of :meth:`hyperparameter_names`, for MLflow."""
+        return {name: getattr(self, name) for name in self.hyperparameter_names()}
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def bounds(field: FieldInfo) -> str:
+    """The field's limits in words: "1 to 1000", "above 0, at most 1", "auto, cpu or cuda"."""
+    if get_origin(field.annotation) is Literal:
+        *first, last = map(str, get_args(field.annotation))
+        return f"{', '.join(first)} or {last}" if first else last
+    low: tuple[object, bool] | None = None  # (limit, inclusive)
+    high: tuple[object, bool] | None = None
+    for limit in field.metadata:
+        if isinstance(limit, annotated_types.Ge):
+            low = (limit.ge, True)
+        elif isinstance(limit, annotated_types.Gt):
+            low = (limit.gt, False)
+        elif isinstance(limit, annotated_types.Le):
+            high = (limit.le, True)
+        elif isinstance(limit, annotated_types.Lt):
+            high = (limit.lt, False)
+    if low and high and low[1] and high[1]:
+        return f"{_number(low[0])} to {_number(high[0])}"
+    words = []
+    if low:
+        words.append(f"{'at least' if low[1] else 'above'} {_number(low[0])}")
+    if high:
+        words.append(f"{'at most' if high[1] else 'below'} {_number(high[0])}")
+    return ", ".join(words)
+
+
+def describe(field: FieldInfo) -> str:
+    """The field's description with its limits, as the run form and ``--help`` show it."""
+    limits = bounds(field)
+    description = field.description or ""
+    return f"{description.rstrip('.')} ({limits})." if limits else description
+
+
+def annotated(field: FieldInfo, *extras: object) -> Any:
+    """``Annotated[type, *limits, Field(title, description), *extras]``: the field as a parameter.
+
+    The default stays out of the ``Field`` (pydantic refuses one inside ``Annotated``); it is the
+    parameter's default instead.
+    """
+    label = Field(title=field.title, description=describe(field))
+    return Annotated[(field.annotation, *field.metadata, label, *extras)]
+
+
+def flat_parameters(
+    model: type[M], *, extras: Callable[[str, FieldInfo], tuple[object, ...]] = lambda name, field: ()
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give ``function(parameters: model, **own)`` a flat keyword signature: one parameter per field.
+
+    Prefect builds a flow's run form and validation from its signature, typer a command's
+    options; both then see every field under its own name, with its type, limits, title and
+    description (``{"epochs": 2}`` starts a run), while the function receives one validated
+    ``model``. The function's own keyword parameters follow the fields unchanged.
+
+    Args:
+        extras: more ``Annotated`` metadata per field (a typer ``Option``, say).
+    """
+
+    def decorate(function: Callable[..., R]) -> Callable[..., R]:
+        wrapped = inspect.signature(function, eval_str=True)
+        # The function's own parameters come after the fields, so keyword-only like them.
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(wrapped.parameters.values())[1:]]
+        clash = {p.name for p in own} & set(model.model_fields)
+        if clash:
+            raise TypeError(f"{function.__name__} has parameters named like {model.__name__}'s fields: {clash}")
+        fields = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=field.default,
+                annotation=annotated(field, *extras(name, field)),
+            )
+            for name, field in model.model_fields.items()
+        ]
+
+        @functools.wraps(function)
+        def flat(**values: Any) -> R:
+            rest = {parameter.name: values.pop(parameter.name) for parameter in own if parameter.name in values}
+            return function(model(**values), **rest)
+
+        signature = inspect.Signature([*fields, *own], return_annotation=wrapped.return_annotation)
+        flat.__signature__ = signature  # type: ignore[attr-defined]
+        flat.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        flat.__annotations__["return"] = wrapped.return_annotation
+        del flat.__wrapped__  # the flat signature is the interface
+        return flat
+
+    return decorate

@@ -1,0 +1,190 @@
+"""The training pipeline's steps as Prefect tasks, each over a plain function of its stage.
+
+The flow that orders them is ``flows/pipeline.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows import evaluate, export, prepare, promote, report, tracking, train
+from flows.parameters import TrainingParameters
+from storage.datasets import load_dataset, resolve_dataset
+from storage.settings import Settings
+
+# Tasks pass arrays and models in memory (NO_CACHE): hashing them for a cache key would cost
+# more than it saves, and a rerun should train again anyway.
+#
+# Steps that talk to MLflow retry: the MLflow client already retries refused connections with
+# backoff, and a task retry covers what outlasts that (a server restarting). Registering and
+# deploying do not retry: a second attempt could register twice or race the first deploy.
+MLFLOW_RETRIES, MLFLOW_RETRY_DELAYS_S = 2, [5.0, 20.0]
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, seed: int) -> prepare.PreparedData:
+    version = resolve_dataset(dataset, dataset_version, settings)
+    print(
+        f"dataset {version.name}:{version.version}: {version.num_images} images, "
+        f"{len(version.classes)} classes, shape {version.image_shape}"
+    )
+    return prepare.split_dataset(load_dataset(version), seed=seed)
+
+
+@task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
+def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int) -> str:
+    tags = {"onebox.flow": "training-pipeline"}
+    if flow_run.id:
+        tags["onebox.prefect_flow_run_id"] = flow_run.id
+    run_id = tracking.start_run(settings, run_name=f"{data.dataset.name}-seed{seed}", tags=tags)
+    print(f"MLflow run {run_id}")
+    return run_id
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_model(data: prepare.PreparedData, parameters: TrainingParameters) -> train.TrainingResult:
+    def print_epoch(stats: train.EpochStats) -> None:
+        print(
+            f"epoch {stats.epoch}/{parameters.epochs}: loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f} "
+            f"| val loss {stats.val_loss:.4f} val acc {stats.val_accuracy:.4f}"
+        )
+
+    result = train.train_model(
+        data,
+        epochs=parameters.epochs,
+        learning_rate=parameters.learning_rate,
+        batch_size=parameters.batch_size,
+        seed=parameters.seed,
+        device=parameters.device,
+        on_epoch=print_epoch,
+    )
+    print(f"trained on {result.device} in {result.seconds:.1f} s")
+    return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_model(data: prepare.PreparedData, training: train.TrainingResult) -> evaluate.Evaluation:
+    probabilities = train.predict_probabilities(training.model, data.test.images)
+    result = evaluate.evaluate_probabilities(probabilities, data.test.labels, data.classes)
+    print(f"test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}")
+    return result
+
+
+@task(name="export-onnx", cache_policy=NO_CACHE)
+def export_model(data: prepare.PreparedData, training: train.TrainingResult, folder: Path) -> export.ExportCheck:
+    onnx_path = export.export_onnx(training.model, folder / "model.onnx")
+    check = export.check_export(training.model, onnx_path, data.test.images)
+    print(
+        f"ONNX parity: max |logit diff| {check.max_abs_logit_diff:.2e}, top-1 agreement "
+        f"{check.top1_agreement:.4f}; batch-1 latency torch {check.torch_latency_ms[1]:.3f} ms, "
+        f"ONNX Runtime {check.onnx_latency_ms[1]:.3f} ms"
+    )
+    return check
+
+
+@task(name="log-to-mlflow", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
+def log_run(
+    settings: Settings,
+    run_id: str,
+    parameters: TrainingParameters,
+    data: prepare.PreparedData,
+    training: train.TrainingResult,
+    evaluation: evaluate.Evaluation,
+    check: export.ExportCheck,
+    onnx_path: Path,
+) -> str:
+    return tracking.log_training(
+        settings,
+        run_id,
+        params=parameters.hyperparameters(),
+        data=data,
+        training=training,
+        evaluation=evaluation,
+        export=check,
+        onnx_path=onnx_path,
+    )
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(
+    settings: Settings, model_uri: str, run_id: str, data: prepare.PreparedData, evaluation: evaluate.Evaluation
+) -> str:
+    version = tracking.register_model(settings, model_uri=model_uri, run_id=run_id, data=data, evaluation=evaluation)
+    tracking.log_outcome(settings, run_id, metrics={}, tags={"onebox.model_version": version})
+    print(f"registered {settings.model_name} version {version}")
+    return version
+
+
+@task(name="promotion-gate", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
+def gate(
+    settings: Settings,
+    run_id: str,
+    version: str,
+    data: prepare.PreparedData,
+    evaluation: evaluate.Evaluation,
+    min_improvement: float,
+) -> promote.GateDecision:
+    production_version, production, note = promote.evaluate_production(settings, data)
+    if production is not None:
+        tracking.log_outcome(
+            settings,
+            run_id,
+            metrics=production.flat_metrics(prefix="production_test_"),
+            tags={"onebox.production_version": production_version},
+        )
+    decision = promote.decide_promotion(
+        challenger_version=version,
+        challenger=evaluation,
+        production_version=production_version,
+        production=production,
+        note=note,
+        min_improvement=min_improvement,
+    )
+    tracking.log_outcome(
+        settings,
+        run_id,
+        metrics={},
+        tags={
+            "onebox.gate": "passed" if decision.promote else "kept-production",
+            "onebox.gate_reason": decision.reason,
+        },
+    )
+    print(decision.reason)
+    return decision
+
+
+@task(name="report", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
+def write_report(
+    settings: Settings,
+    run_id: str,
+    evaluation: evaluate.Evaluation,
+    decision: promote.GateDecision,
+    served_url: str | None,
+) -> str:
+    baseline = decision.production_version if decision.production_evaluation is not None else None
+    html = report.build_report(settings, run_id, baseline_version=baseline)
+    uri = report.log_report(settings, run_id, html)
+    create_markdown_artifact(
+        key="training-summary",
+        markdown=report.summary_markdown(settings, run_id, decision, served_url, uri),
+        description=f"{settings.model_name} v{decision.challenger_version}: {decision.reason}",
+    )
+    create_table_artifact(
+        key="training-metrics",
+        table=report.metrics_table(evaluation, decision.production_evaluation),
+        description=f"{settings.model_name} v{decision.challenger_version} vs production, same test split",
+    )
+    print(f"evaluation report: {uri}")
+    return uri
+
+
+@task(name="deploy-and-promote", cache_policy=NO_CACHE)
+def deploy_version(settings: Settings, version: str) -> str:
+    url = promote.deploy_and_promote(settings, version)
+    print(f"version {version} serves at {url} and is now production")
+    return url
