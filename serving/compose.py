@@ -162,7 +162,7 @@ class ComposeRuntime:
             "ONEBOX_SOURCE": str(SOURCE_ROOT),
             "ONEBOX_HOME": str(s.home),
             "ONEBOX_IMAGE_TAG": s.image_tag,
-            "ONEBOX_BIND": s.bind_address,
+            "ONEBOX_BIND": s.bind,
             "ONEBOX_GATEWAY_PORT": str(s.serve_port),
             "ONEBOX_MLFLOW_PORT": str(s.mlflow_port),
             "ONEBOX_PREFECT_PORT": str(s.prefect_port),
