@@ -23,6 +23,7 @@ METADATA_FILE = "metadata.json"
 MAX_BATCH = 1024
 MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle a model server loads
 WORKERS_VARIABLE = "ONEBOX_SERVE_WORKERS"  # its worker processes
+ORT_THREADS_VARIABLE = "ONEBOX_ORT_THREADS"  # ONNX Runtime's threads in each worker
 
 
 class InputError(ImageDecodeError):
@@ -63,7 +64,7 @@ def create_session(model_path: Path, *, threads: int | None = None) -> ort.Infer
     not threads, give the parallelism.
     """
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or int(os.environ.get("ONEBOX_ORT_THREADS", "1"))
+    options.intra_op_num_threads = threads or int(os.environ.get(ORT_THREADS_VARIABLE, "1"))
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
