@@ -91,9 +91,10 @@ class OnnxPredictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities for uint8 images of shape (N, C, H, W)."""
-        logits = self.session.run(None, {self.input_name: normalize(images)})[0]
+        logits: np.ndarray = self.session.run(None, {self.input_name: normalize(images)})[0]
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+        return probabilities
 
     def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
         """The JSON answer for one image's probabilities."""
