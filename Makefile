@@ -10,7 +10,7 @@ UV_HOME ?= $(HOME)/.cache/onebox/uv-$(UV_VERSION)
 UV := $(UV_HOME)/bin/uv
 PYTHON ?= python3
 VENV := .venv
-# The pip that fills the image wheelhouse (serving/images.py).
+# The pip that fills the image wheelhouse (serving/wheelhouse.py).
 export ONEBOX_PIP := $(UV_HOME)/bin/pip
 BIN := $(VENV)/bin
 

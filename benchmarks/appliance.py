@@ -34,11 +34,10 @@ def _proc_memory(pid: int) -> tuple[int, int] | None:
 
 def container_memory(runtime: ComposeRuntime) -> dict[str, dict[str, float]]:
     """MiB per running container: cgroup usage less page cache (as `docker stats`); RSS and PSS of its processes."""
-    from serving.images import _docker
+    from serving.docker_client import project_containers
 
     memory: dict[str, dict[str, float]] = {}
-    project = runtime.settings.compose_project
-    for container in _docker().containers.list(filters={"label": f"com.docker.compose.project={project}"}):
+    for container in project_containers(runtime.settings.compose_project):
         stats = container.stats(stream=False)["memory_stats"]
         cache = stats.get("stats", {}).get("total_inactive_file", stats.get("stats", {}).get("inactive_file", 0))
         row = {"usage_mib": round((stats["usage"] - cache) / 2**20, 1)}
@@ -54,7 +53,7 @@ def container_memory(runtime: ComposeRuntime) -> dict[str, dict[str, float]]:
 
 
 def measure_cold_up(settings: Settings, runtime: ComposeRuntime) -> dict[str, Any]:
-    from serving.images import build_appliance_images
+    from serving.image_builds import build_appliance_images
 
     started = time.perf_counter()
     build_appliance_images(settings)

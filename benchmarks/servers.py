@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +14,9 @@ from pathlib import Path
 import httpx
 
 from benchmarks.loadgen import Body
-from serving.images import SOURCE_ROOT
+from serving.checkout import SOURCE_ROOT
+from serving.processes import stop_process_group
+from serving.waiting import NotYet, WaitTimeout, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -70,35 +70,26 @@ def server_process(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+    def answered() -> None:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited while starting:\n{log_path.read_text()[-2000:]}")
+        try:
+            answer = httpx.post(probe_url, content=probe.data, headers={"Content-Type": probe.content_type})
+        except httpx.TransportError as error:
+            raise NotYet(type(error).__name__) from None
+        if answer.status_code != 200:
+            raise NotYet(f"it answered {answer.status_code}")
+
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited while starting:\n{log_path.read_text()[-2000:]}")
-            try:
-                answer = httpx.post(probe_url, content=probe.data, headers={"Content-Type": probe.content_type})
-                if answer.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not answer within {timeout_s:.0f} s:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
+        try:
+            wait_for(answered, timeout_s=timeout_s, what=f"{name} to answer {probe_url}", interval_s=0.5)
+        except WaitTimeout as error:
+            raise RuntimeError(f"{error}:\n{log_path.read_text()[-2000:]}") from error
         yield process
     finally:
-        stop_group(process)
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group (MLflow and BentoML leave children otherwise), SIGKILL after 20 s."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+        stop_process_group(process.pid)  # MLflow and BentoML leave children behind otherwise
+        process.wait()
 
 
 def bento_command(port: int) -> list[str]:

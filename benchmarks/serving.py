@@ -60,7 +60,7 @@ def gateway_pids(settings: Settings) -> list[int]:
 
     runtime = ComposeRuntime(settings)
     pids: list[int] = []
-    for service in ("gateway", f"model-{runtime.state()['ONEBOX_LIVE_COLOR']}"):
+    for service in ("gateway", f"model-{runtime.state().live_color}"):
         container = runtime._container(service)
         if container is not None:
             pids += [int(row[0]) for row in container.top(ps_args="-o pid").get("Processes") or []]

@@ -44,7 +44,7 @@ def main() -> int:
     prepare_environment(settings)
     from benchmarks import appliance, pipeline, report, runtimes, serving
     from serving.compose import ComposeRuntime
-    from serving.images import remove_model_images
+    from serving.image_builds import remove_model_images
 
     started = time.perf_counter()
     header = {

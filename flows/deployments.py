@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
-from serving.images import SOURCE_ROOT
+from serving.checkout import SOURCE_ROOT
 from storage.settings import Settings
 
 WORK_POOL = "onebox"

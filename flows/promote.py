@@ -19,7 +19,7 @@ from storage.registry import PREVIOUS, PRODUCTION, materialize_bundle, move_prod
 from storage.settings import Settings
 
 if TYPE_CHECKING:
-    from serving.local import ServerState
+    from serving.runtime import ServerState
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
 
+from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
+
+# What BentoML's log says when a worker's model fails to load. Its supervisor then restarts the
+# worker, so the server process lives on: the runtimes watch for this line instead of waiting.
+STARTUP_FAILED_MARKER = "Application startup failed"
 
 
 def wait_until_ready(url: str, *, timeout_s: float, still_starting: Callable[[], bool] = lambda: True) -> None:
@@ -20,23 +25,21 @@ def wait_until_ready(url: str, *, timeout_s: float, still_starting: Callable[[],
         still_starting: returns False once the server has died, to stop waiting early.
 
     Raises:
-        ServingError: not ready within ``timeout_s``, or the server died.
+        ServingError: not ready within ``timeout_s`` (a WaitTimeout), or the server died.
     """
-    deadline = time.monotonic() + timeout_s
-    last_problem = "no answer yet"
     with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
+
+        def ready() -> None:
             if not still_starting():
                 raise ServingError(f"the model server at {url} exited while starting")
             try:
                 answer = client.get(f"{url}/readyz")
-                if answer.status_code == 200:
-                    return
-                last_problem = f"/readyz answered {answer.status_code}"
             except httpx.TransportError as error:
-                last_problem = type(error).__name__
-            time.sleep(0.25)
-    raise ServingError(f"the model server at {url} was not ready within {timeout_s:.0f} s ({last_problem})")
+                raise NotYet(type(error).__name__) from None
+            if answer.status_code != 200:
+                raise NotYet(f"/readyz answered {answer.status_code}")
+
+        wait_for(ready, timeout_s=timeout_s, what=f"the model server at {url} to be ready")
 
 
 def blank_png(image_shape: tuple[int, int, int]) -> bytes:
@@ -47,7 +50,7 @@ def blank_png(image_shape: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def smoke_predict(url: str, *, expected_version: str, image_shape: tuple[int, int, int]) -> dict:
+def smoke_predict(url: str, *, expected_version: str, image_shape: tuple[int, int, int]) -> dict[str, Any]:
     """One real prediction through ``url``; it must come from ``expected_version``.
 
     Raises:
@@ -60,7 +63,7 @@ def smoke_predict(url: str, *, expected_version: str, image_shape: tuple[int, in
         raise ServingError(f"smoke prediction through {url} failed: {error}") from error
     if answer.status_code != 200:
         raise ServingError(f"smoke prediction through {url} answered {answer.status_code}: {answer.text[:300]}")
-    body = answer.json()
+    body: dict[str, Any] = answer.json()
     if str(body.get("model_version")) != expected_version:
         raise ServingError(
             f"smoke prediction through {url} came from model version {body.get('model_version')!r}, "

@@ -8,52 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serving.health import smoke_predict, wait_until_ready
+from serving.health import STARTUP_FAILED_MARKER, smoke_predict, wait_until_ready
 from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
+from serving.processes import process_alive, stop_process_group
+from serving.runtime import ServerState
 from storage.errors import ServingError
 from storage.settings import Settings
 
 SERVICE = "serving.service:Classifier"
-STOP_TIMEOUT_S = 20.0
-
-
-@dataclass(frozen=True)
-class ServerState:
-    pid: int
-    model_name: str
-    model_version: str
-    bundle: str
-    url: str
-    started: str
-
-
-def _alive(pid: int) -> bool:
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)  # reaps it if it is our own exited child
-        if reaped == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A recycled pid would belong to some other program.
-    try:
-        return SERVICE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -73,7 +42,7 @@ class LocalRuntime:
         if not self.state_path.is_file():
             return None
         state = ServerState(**json.loads(self.state_path.read_text()))
-        if not _alive(state.pid):
+        if not process_alive(state.pid, command_marker=SERVICE):  # not a recycled pid
             self.state_path.unlink(missing_ok=True)
             return None
         return state
@@ -128,7 +97,7 @@ class LocalRuntime:
             )
             smoke_predict(url, expected_version=metadata.model_version, image_shape=metadata.image_shape)
         except ServingError as error:
-            self._terminate(process.pid)
+            stop_process_group(process.pid)
             raise ServingError(f"{error}; see {self.log_path}") from error
         self.state_path.write_text(json.dumps(asdict(state), indent=2))
         return state
@@ -138,7 +107,7 @@ class LocalRuntime:
         state = self.current()
         if state is None:
             return None
-        self._terminate(state.pid)
+        stop_process_group(state.pid)
         self.state_path.unlink(missing_ok=True)
         return state
 
@@ -170,19 +139,4 @@ class LocalRuntime:
         # process lives on; its log says so at once, which saves waiting for the timeout.
         with self.log_path.open("rb") as log:
             log.seek(log_offset)
-            return b"Application startup failed" in log.read()
-
-    def _terminate(self, pid: int) -> None:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
+            return STARTUP_FAILED_MARKER.encode() in log.read()

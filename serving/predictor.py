@@ -23,6 +23,7 @@ METADATA_FILE = "metadata.json"
 MAX_BATCH = 1024
 MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle a model server loads
 WORKERS_VARIABLE = "ONEBOX_SERVE_WORKERS"  # its worker processes
+ORT_THREADS_VARIABLE = "ONEBOX_ORT_THREADS"  # ONNX Runtime's threads in each worker
 
 
 class InputError(ImageDecodeError):
@@ -63,7 +64,7 @@ def create_session(model_path: Path, *, threads: int | None = None) -> ort.Infer
     not threads, give the parallelism.
     """
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or int(os.environ.get("ONEBOX_ORT_THREADS", "1"))
+    options.intra_op_num_threads = threads or int(os.environ.get(ORT_THREADS_VARIABLE, "1"))
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
@@ -90,9 +91,10 @@ class OnnxPredictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities for uint8 images of shape (N, C, H, W)."""
-        logits = self.session.run(None, {self.input_name: normalize(images)})[0]
+        logits: np.ndarray = self.session.run(None, {self.input_name: normalize(images)})[0]
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+        return probabilities
 
     def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
         """The JSON answer for one image's probabilities."""

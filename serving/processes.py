@@ -35,6 +35,8 @@ def process_alive(pid: int, *, command_marker: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
+    if _stat(pid)[0:1] == ["Z"]:
+        return False  # exited; its parent, not us, has yet to reap it
     if command_marker is None:
         return True
     try:
@@ -52,7 +54,34 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    members = _group_members(pgid)
+    return True if members is None else any(state != "Z" for state in members.values())
+
+
+def _group_members(pgid: int) -> dict[int, str] | None:
+    """The state letter of each process in group ``pgid``, from /proc; None where /proc is unreadable.
+
+    A zombie counts as stopped: the leader of a group another process started (a model server
+    started by an earlier `onebox` command) stays one until that process reaps it.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    members: dict[int, str] = {}
+    for entry in proc.iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else []
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            members[int(entry.name)] = fields[0]
+    return members
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command (state, ppid, pgrp, ...); [] when unreadable."""
+    try:
+        # pid (command) state ppid pgrp ...: the command may hold spaces and parentheses.
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return []  # gone meanwhile, or no /proc
 
 
 def stop_process_group(pgid: int, *, timeout_s: float = STOP_TIMEOUT_S) -> None:

@@ -51,7 +51,7 @@ def docs() -> RedirectResponse:
     return RedirectResponse(url="/")
 
 
-class ModelService(bentoml.Service):
+class ModelService(bentoml.Service):  # type: ignore[misc, unused-ignore]  # bentoml is untyped
     """A bentoml Service whose Swagger page explains the served model to non-developers."""
 
     @property
@@ -81,7 +81,7 @@ class Prediction(BaseModel):
     model_version: str = Field(description="Registered model version that answered.")
 
 
-class ImageUpload(bentoml.IODescriptor):
+class ImageUpload(bentoml.IODescriptor):  # type: ignore[misc, unused-ignore]
     """A multipart upload with one image in the file field ``image``, read from memory.
 
     The field's type is what Swagger shows (a file picker); :meth:`from_http_request` hands the
@@ -101,7 +101,7 @@ class ImageUpload(bentoml.IODescriptor):
             raise InvalidArgument(
                 f"the upload's content type is {upload.content_type or 'missing'}; send a PNG or JPEG image (image/*)"
             )
-        return cls.model_construct(image=upload.data)
+        return cls.model_construct(image=upload.data)  # type: ignore[no-any-return, unused-ignore]
 
 
 class Predictions(RootModel[list[Prediction]]):
@@ -137,7 +137,7 @@ class Classifier:
         # show in the 99th-percentile latency.
         gc.freeze()
 
-    @bentoml.api(route="/predict", input_spec=ImageUpload, output_spec=Prediction)
+    @bentoml.api(route="/predict", input_spec=ImageUpload, output_spec=Prediction)  # type: ignore[untyped-decorator, unused-ignore]
     async def predict(self, image: bytes) -> Response:
         """Upload one PNG or JPEG image (any size, gray or color); get its label and probabilities."""
         try:
@@ -145,7 +145,7 @@ class Classifier:
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
 
-    @bentoml.api(route="/predict_batch", output_spec=Predictions)
+    @bentoml.api(route="/predict_batch", output_spec=Predictions)  # type: ignore[untyped-decorator, unused-ignore]
     async def predict_batch(self, images: np.ndarray) -> Response:
         """Classify a batch of pixel arrays (0-255) shaped like the model input (see /metadata)."""
         try:

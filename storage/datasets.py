@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlite_utils
@@ -61,7 +62,7 @@ def _catalog(settings: Settings) -> sqlite_utils.Database:
     return db
 
 
-def _row_to_version(row: dict, settings: Settings) -> DatasetVersion:
+def _row_to_version(row: dict[str, Any], settings: Settings) -> DatasetVersion:
     return DatasetVersion(
         name=row["name"],
         version=row["version"],

@@ -6,6 +6,7 @@ created at import time: call :func:`get_settings`.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -36,13 +37,11 @@ class Settings(BaseSettings):
     serve_workers: int = Field(
         default=2, ge=1, le=64, description="Model server worker processes (one per CPU core the model may use)."
     )
-    # The appliance (docker compose): images, ports published on bind_address, the compose project.
+    # The appliance (docker compose): images, ports published on `bind`, the compose project.
     base_image: str = Field(default="python:3.11-slim", description="Base of every image; bootstrapped if unreachable.")
     image_tag: str = Field(default="latest", description="Tag of the appliance's own images.")
     compose_project: str = "onebox"
-    bind_address: str = Field(
-        default="127.0.0.1", description="Where published ports listen; see README before changing."
-    )
+    bind: str = Field(default="127.0.0.1", description="Where published ports listen; see README before changing.")
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     subnet: IPv4Network | None = Field(
@@ -120,6 +119,22 @@ class Settings(BaseSettings):
     @property
     def serve_url(self) -> str:
         return f"http://{self.serve_host}:{self.serve_port}"
+
+    def environment(self) -> dict[str, str]:
+        """Every setting that has a value, under its environment variable, as Settings() reads it back."""
+        values = self.model_dump(mode="json")
+        return {
+            env_name(field): value if isinstance(value, str) else json.dumps(value)
+            for field, value in values.items()
+            if value is not None
+        }
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets the field ``field`` of :class:`Settings`."""
+    if field not in Settings.model_fields:
+        raise KeyError(f"{field!r} is not a setting")
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
 
 
 @lru_cache(maxsize=1)

@@ -41,7 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault(name, value)
 
 
-REQUIRE_DOCKER = os.environ.get("ONEBOX_REQUIRE_DOCKER") == "1"
+REQUIRE_DOCKER_VARIABLE = "ONEBOX_REQUIRE_DOCKER"  # set by .ci/run: docker tests fail instead of skipping
+REQUIRE_DOCKER = os.environ.get(REQUIRE_DOCKER_VARIABLE) == "1"
 
 
 @functools.cache
@@ -53,7 +54,7 @@ def docker_problem() -> str | None:
         docker.from_env().ping()
     except Exception as error:  # no socket, no permission, engine down: all mean "no engine"
         return f"Docker Engine not reachable: {error}"
-    from serving.compose import compose_command
+    from serving.compose_cli import compose_command
     from storage.errors import ServingError
 
     try:
@@ -72,7 +73,7 @@ def _docker_engine(request: pytest.FixtureRequest) -> None:
     if problem is None:
         return
     if REQUIRE_DOCKER:
-        pytest.fail(f"ONEBOX_REQUIRE_DOCKER=1 but {problem}")
+        pytest.fail(f"{REQUIRE_DOCKER_VARIABLE}=1 but {problem}")
     pytest.skip(problem)
 
 
@@ -96,7 +97,7 @@ def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from serving.compose import ComposeRuntime
-    from serving.images import remove_model_images
+    from serving.image_builds import remove_model_images
 
     if docker_problem():
         pytest.skip("needs Docker")  # the autouse fixture turns this into a failure in CI

@@ -59,21 +59,20 @@ def up(
 ) -> None:
     """Build the appliance's images (offline) and start it: MLflow, Prefect, gateway, live model."""
     from flows.deployments import register_all
-    from serving.compose import WORKER_KEY, ComposeRuntime
+    from serving.compose import ComposeRuntime
 
     current = get_settings().model_copy(update={"runtime": "compose"})
     if worker:
         console.print("building the worker image (torch included: the first build takes minutes)")
     state = ComposeRuntime(current).up(worker=worker)
     registered = register_all(appliance_settings())
-    live = state["ONEBOX_LIVE_COLOR"]
     console.print(f"appliance up (project {current.compose_project}):")
-    serving = f"live color {live}" if live != "none" else "no model yet: onebox train"
+    serving = f"live color {state.live_color}" if state.live_color else "no model yet: onebox train"
     console.print(f"  gateway:  {current.serve_url}/   ({serving})")
     console.print(f"  MLflow:   http://127.0.0.1:{current.mlflow_port}/")
     deployments = ", ".join(r.name for r in registered)
     console.print(f"  Prefect:  http://127.0.0.1:{current.prefect_port}/   (deployments: {deployments})")
-    if state[WORKER_KEY] == "on":
+    if state.worker:
         console.print("  worker:   container onebox-container polls pool 'onebox' (onebox logs worker)")
     else:
         console.print(

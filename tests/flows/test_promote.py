@@ -3,19 +3,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from flows.evaluate import Evaluation
 from flows.promote import decide_promotion, deploy_and_promote, ensure_production_served, rollback
-from serving.local import ServerState
+from serving.runtime import ServerState
 from storage.errors import ModelError, ServingError
 from storage.registry import MODEL_CARD, PREVIOUS, PRODUCTION, configure_mlflow, move_production_alias, version_by_alias
 from storage.settings import Settings
-
-if TYPE_CHECKING:
-    from serving.runtime import Runtime
 
 
 def evaluation(accuracy: float) -> Evaluation:
@@ -166,7 +162,7 @@ def test_production_moves_after_the_deploy_and_the_old_model_retires_after_the_m
     move_production_alias(registry, "1")
     runtime = FakeRuntime(registry, serving="1")
 
-    url = deploy_and_promote(registry, "2", runtime=cast("Runtime", runtime))
+    url = deploy_and_promote(registry, "2", runtime=runtime)
 
     assert runtime.events == ["deploy v2 while production is 1", "retire while production is 2"]
     assert aliases(registry) == ("2", "1")
@@ -178,7 +174,7 @@ def test_a_failed_deploy_moves_nothing_and_retires_nothing(registry: Settings) -
     runtime = FakeRuntime(registry, serving="1", fail_deploy=True)
 
     with pytest.raises(ServingError, match="v2 did not become ready"):
-        deploy_and_promote(registry, "2", runtime=cast("Runtime", runtime))
+        deploy_and_promote(registry, "2", runtime=runtime)
 
     assert runtime.events == ["deploy v2 while production is 1"]
     assert aliases(registry) == ("1", None)
@@ -189,7 +185,7 @@ def test_rollback_serves_previous_before_moving_production_back(registry: Settin
     move_production_alias(registry, "3")
     runtime = FakeRuntime(registry, serving="3")
 
-    version, url = rollback(registry, runtime=cast("Runtime", runtime))
+    version, url = rollback(registry, runtime=runtime)
 
     assert (version, url) == ("1", "http://fake/1")
     assert runtime.events == ["deploy v1 while production is 3", "retire while production is 1"]
@@ -202,7 +198,7 @@ def test_a_failed_rollback_keeps_production(registry: Settings) -> None:
     runtime = FakeRuntime(registry, serving="2", fail_deploy=True)
 
     with pytest.raises(ServingError):
-        rollback(registry, runtime=cast("Runtime", runtime))
+        rollback(registry, runtime=runtime)
 
     assert aliases(registry) == ("2", "1")
     assert runtime.events == ["deploy v1 while production is 2"]
@@ -213,24 +209,24 @@ def test_rollback_without_a_previous_version_is_a_clear_error(registry: Settings
     runtime = FakeRuntime(registry, serving="1")
 
     with pytest.raises(ModelError, match="no previous production version"):
-        rollback(registry, runtime=cast("Runtime", runtime))
+        rollback(registry, runtime=runtime)
     assert runtime.events == []
 
 
 def test_ensure_production_served_deploys_only_what_is_missing(registry: Settings) -> None:
     with pytest.raises(ModelError, match="no production model yet"):
-        ensure_production_served(registry, runtime=cast("Runtime", FakeRuntime(registry)))
+        ensure_production_served(registry, runtime=FakeRuntime(registry))
 
     move_production_alias(registry, "2")
     already = FakeRuntime(registry, serving="2")
-    assert ensure_production_served(registry, runtime=cast("Runtime", already)).model_version == "2"
+    assert ensure_production_served(registry, runtime=already).model_version == "2"
     assert already.events == []  # serving production already: nothing to do
 
     other = FakeRuntime(registry, serving="1")
-    assert ensure_production_served(registry, runtime=cast("Runtime", other)).model_version == "2"
+    assert ensure_production_served(registry, runtime=other).model_version == "2"
     assert other.events == ["deploy v2 while production is 2", "retire while production is 2"]
 
     restarted = FakeRuntime(registry, serving="2")
-    ensure_production_served(registry, restart=True, runtime=cast("Runtime", restarted))
+    ensure_production_served(registry, restart=True, runtime=restarted)
     assert restarted.events == ["deploy v2 while production is 2", "retire while production is 2"]
     assert aliases(registry) == ("2", None)  # serving never moves the alias by itself

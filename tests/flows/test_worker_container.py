@@ -59,4 +59,4 @@ def test_up_without_the_worker_removes_its_container(appliance: Settings) -> Non
     down = subprocess.run([ONEBOX, "up", "--no-worker"], capture_output=True, text=True, timeout=600, check=False)
     assert down.returncode == 0, down.stdout + down.stderr
     assert ComposeRuntime(appliance)._container("worker") is None
-    assert ComposeRuntime(appliance).state()["ONEBOX_WORKER"] == "off"
+    assert ComposeRuntime(appliance).state().worker is False

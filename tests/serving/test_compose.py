@@ -51,11 +51,12 @@ def test_gateway_without_a_model_says_how_to_train_one(appliance: Settings) -> N
 
 
 def test_a_second_build_rebuilds_nothing(appliance: Settings) -> None:
-    from serving.images import _docker, build_appliance_images
+    from serving.docker_client import docker_client
+    from serving.image_builds import build_appliance_images
 
     def image_ids() -> dict[str, str]:
         tags = vars(build_appliance_images(appliance)).values()
-        return {tag: _docker().images.get(tag).id for tag in tags}
+        return {tag: docker_client().images.get(tag).id for tag in tags}
 
     assert image_ids() == image_ids()
 
@@ -83,14 +84,13 @@ def test_ports_listen_on_loopback_only(appliance: Settings) -> None:
 
 
 def test_the_network_has_a_free_subnet_and_the_colors_fixed_addresses(appliance: Settings) -> None:
-    import ipaddress
-
-    from serving.compose import SUBNET_KEY, network_addresses, overlap, subnets_in_use
+    from serving.appliance_network import ApplianceNetwork, overlap, subnets_in_use
 
     runtime = ComposeRuntime(appliance)
-    state = runtime.state()
-    subnet = ipaddress.IPv4Network(state[SUBNET_KEY])
-    assert {key: state[key] for key in network_addresses(subnet)} == network_addresses(subnet)
+    recorded = runtime.state().network
+    assert recorded is not None
+    subnet = recorded.subnet
+    assert recorded == ApplianceNetwork.for_subnet(subnet)
     network = runtime._network()
     assert network is not None
     assert network.attrs["IPAM"]["Config"][0]["Subnet"] == str(subnet)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.images import COMPOSE_DIR, SERVING_FILES, SOURCE_ROOT, _wheel_requirements
+from serving.checkout import COMPOSE_DIR, SOURCE_ROOT
+from serving.image_builds import SERVING_FILES
+from serving.wheelhouse import wheel_requirements
 
 REQUIREMENTS = sorted((COMPOSE_DIR / "requirements").glob("*.txt"))
 
@@ -34,7 +36,7 @@ def test_only_the_worker_image_installs_torch() -> None:
 
 
 def test_markers_are_resolved_for_every_python_311_the_images_run() -> None:
-    wanted = _wheel_requirements(COMPOSE_DIR / "requirements" / "prefect.txt")
+    wanted = wheel_requirements(COMPOSE_DIR / "requirements" / "prefect.txt")
     assert any(line.startswith("async-timeout") for line in wanted)  # needed by 3.11.2 only
     assert not any(line.startswith("pywin32") for line in wanted)  # Windows only
 
@@ -49,7 +51,8 @@ def test_serving_image_files_import_nothing_it_lacks(relative: str) -> None:
 
 @pytest.mark.docker
 def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path: Path) -> None:
-    from serving.images import INPUTS_LABEL, _docker, build_image, resolve_base_image
+    from serving.docker_client import docker_client
+    from serving.image_builds import INPUTS_LABEL, build_image, resolve_base_image
 
     base = resolve_base_image("python:3.11-slim")
     tag = f"onebox/test-inputs:{tmp_path.name.lower()}"
@@ -67,8 +70,8 @@ def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path: Path) -> None
         (context / "config.txt").write_text("two")
         built.append(build_image(context, tag, {"BASE_IMAGE": base}, skip_unchanged=True))
         assert built[1] != built[0]
-        labels = [_docker().images.get(image).labels[INPUTS_LABEL] for image in built]
+        labels = [docker_client().images.get(image).labels[INPUTS_LABEL] for image in built]
         assert labels[0] != labels[1]
     finally:
         for image in reversed(built):
-            _docker().images.remove(image, force=True)
+            docker_client().images.remove(image, force=True)

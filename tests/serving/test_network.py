@@ -7,22 +7,20 @@ import ipaddress
 import pytest
 from pydantic import ValidationError
 
-from serving.compose import SUBNET_POOL, network_addresses, overlap, pick_subnet
+from serving.appliance_network import SUBNET_POOL, ApplianceNetwork, choose_subnet, overlap, pick_subnet
 from storage.errors import ServingError
 from storage.settings import Settings
 
 
 def test_the_colors_take_the_top_addresses_and_docker_the_lower_half() -> None:
-    addresses = network_addresses(ipaddress.IPv4Network("10.99.0.0/24"))
-    assert addresses == {
-        "ONEBOX_SUBNET": "10.99.0.0/24",
-        "ONEBOX_SUBNET_DYNAMIC_RANGE": "10.99.0.0/25",
-        "ONEBOX_MODEL_BLUE_ADDRESS": "10.99.0.253",
-        "ONEBOX_MODEL_GREEN_ADDRESS": "10.99.0.254",
-    }
-    dynamic = ipaddress.IPv4Network(addresses["ONEBOX_SUBNET_DYNAMIC_RANGE"])
-    for color in ("BLUE", "GREEN"):
-        assert ipaddress.IPv4Address(addresses[f"ONEBOX_MODEL_{color}_ADDRESS"]) not in dynamic
+    network = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("10.99.0.0/24"))
+    assert network.dynamic_range == ipaddress.IPv4Network("10.99.0.0/25")
+    assert (network.blue_address, network.green_address) == (
+        ipaddress.IPv4Address("10.99.0.253"),
+        ipaddress.IPv4Address("10.99.0.254"),
+    )
+    for address in (network.blue_address, network.green_address):
+        assert address not in network.dynamic_range
 
 
 def test_a_subnet_is_picked_around_what_is_used() -> None:
@@ -47,3 +45,14 @@ def test_a_subnet_too_small_for_the_colors_is_refused() -> None:
     with pytest.raises(ValidationError, match="too small"):
         Settings(subnet="10.99.0.0/28")  # type: ignore[arg-type]
     assert Settings(subnet="10.99.0.0/24").subnet == ipaddress.IPv4Network("10.99.0.0/24")  # type: ignore[arg-type]
+
+
+def test_the_configured_subnet_wins_then_the_recorded_one_while_it_is_free() -> None:
+    configured = ipaddress.IPv4Network("10.99.0.0/24")
+    recorded = ipaddress.IPv4Network("172.31.200.0/24")
+    assert choose_subnet(configured=configured, recorded=recorded, used={}) == configured
+    assert choose_subnet(configured=None, recorded=recorded, used={}) == recorded
+    taken = {recorded: "Docker network other"}
+    assert choose_subnet(configured=None, recorded=recorded, used=taken) == pick_subnet(taken)
+    with pytest.raises(ServingError, match="overlaps the host's route via eth0"):
+        choose_subnet(configured=configured, recorded=None, used={configured: "the host's route via eth0"})

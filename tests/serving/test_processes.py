@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,27 @@ def test_stopping_a_group_that_is_gone_is_not_an_error() -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
     process.wait()
     stop_process_group(process.pid)
+
+
+def test_a_group_whose_leader_is_another_processs_zombie_counts_as_stopped() -> None:
+    # As when `onebox stop` stops a server an earlier command started: the leader's parent is
+    # alive and does not reap it, so it stays a zombie after it exits.
+    script = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True); "
+        "print(child.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    leader = int(parent.stdout.readline())
+    try:
+        started = time.monotonic()
+        stop_process_group(leader, timeout_s=5)
+        assert time.monotonic() - started < 5  # not waited out, then SIGKILLed
+        assert Path(f"/proc/{leader}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        assert not process_alive(leader)
+    finally:
+        stop_process_group(parent.pid)
 
 
 def test_a_recycled_pid_of_another_program_counts_as_gone() -> None:

@@ -2,29 +2,26 @@
 
 No build step needs the network. The base image is used as it is when present, pulled when a
 registry answers, and bootstrapped from Debian's packages (compose/base/bootstrap.sh) otherwise.
-Python packages come from a wheelhouse filled on the host from compose/requirements/*.txt (which
-`make requirements` exports from uv.lock) and kept in a cache outside the checkout. Docker's
-layer cache makes a second build of unchanged inputs a no-op, and the appliance's images carry a
-digest of their inputs, so an unchanged one is not even sent to the daemon again.
+Python packages come from the host's wheelhouse (serving/wheelhouse.py). Docker's layer cache
+makes a second build of unchanged inputs a no-op, and the appliance's images carry a digest of
+their inputs, so an unchanged one is not even sent to the daemon again.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.checkout import COMPOSE_DIR, SOURCE_ROOT
+from serving.docker_client import docker_client, find_image, image_exists
 from serving.predictor import ModelMetadata
+from serving.wheelhouse import ensure_wheelhouse, run_checked
 from storage.errors import ServingError
 from storage.settings import Settings
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_DIR = SOURCE_ROOT / "compose"
 BOOTSTRAP_IMAGE = "onebox/base:bookworm"
 # The worker's base adds Debian's docker-compose: the flows it runs deploy models with it.
 BOOTSTRAP_WORKER_IMAGE = "onebox/base-worker:bookworm"
@@ -39,16 +36,11 @@ SERVING_FILES = (
     "serving/predictor.py",
     "serving/service.py",
     "serving/uploads.py",
+    "serving/waiting.py",
     "storage/__init__.py",
     "storage/errors.py",
     "storage/images.py",
 )
-# Every manylinux tag Debian bookworm's glibc 2.36 runs (pip accepts only the tags it is given).
-PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(5, 37)] + [
-    "manylinux2014_x86_64",
-    "manylinux1_x86_64",
-    "linux_x86_64",
-]
 
 
 @dataclass(frozen=True)
@@ -59,35 +51,6 @@ class ApplianceImages:
     gateway: str
 
 
-@functools.cache
-def _docker():  # type: ignore[no-untyped-def]
-    """One client per process (a failure to connect is not cached: the next call tries again)."""
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as error:  # the SDK raises several types for "no engine"
-        raise ServingError(
-            f"Docker Engine is not reachable ({error}); start it, or use ONEBOX_RUNTIME=local"
-        ) from error
-    return client
-
-
-def find_image(tag: str):  # type: ignore[no-untyped-def]
-    """The image named ``tag``, or None."""
-    import docker
-
-    try:
-        return _docker().images.get(tag)
-    except docker.errors.ImageNotFound:
-        return None
-
-
-def image_exists(tag: str) -> bool:
-    return find_image(tag) is not None
-
-
 def resolve_base_image(requested: str, *, bootstrap: str = BOOTSTRAP_IMAGE, extra_packages: str = "") -> str:
     """``requested`` if present or pullable; else ``bootstrap``, built from Debian's packages."""
     import docker
@@ -95,76 +58,14 @@ def resolve_base_image(requested: str, *, bootstrap: str = BOOTSTRAP_IMAGE, extr
     if image_exists(requested):
         return requested
     try:
-        _docker().images.pull(requested)
+        docker_client().images.pull(requested)
         return requested
     except docker.errors.APIError:
         pass  # no registry reachable: the normal case on an air-gapped server
     if not image_exists(bootstrap):
         print(f"{requested} cannot be pulled; bootstrapping {bootstrap} from Debian's packages")
-        _run([str(COMPOSE_DIR / "base" / "bootstrap.sh"), bootstrap, extra_packages])
+        run_checked([str(COMPOSE_DIR / "base" / "bootstrap.sh"), bootstrap, extra_packages])
     return bootstrap
-
-
-def _run(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise ServingError(f"{' '.join(command[:3])} ... failed:\n{(done.stdout + done.stderr)[-2000:]}")
-
-
-def _pip() -> list[str]:
-    # The Makefile points this at the pip beside uv (a Python 3.11 venv in ~/.cache/onebox).
-    configured = os.environ.get("ONEBOX_PIP")
-    return [configured] if configured else [sys.executable, "-m", "pip"]
-
-
-def _wheel_requirements(requirements: Path) -> list[str]:
-    """The pinned requirements some Linux x86-64 CPython 3.11 needs, markers resolved.
-
-    pip evaluates markers for the interpreter running it, not for the image; the images run
-    3.11.2 (Debian bookworm) or a newer 3.11 (python:3.11-slim), so a requirement goes into the
-    wheelhouse when either needs it. A wheel a Python does not need is simply not installed.
-    """
-    from packaging.requirements import Requirement
-
-    targets = [
-        {"python_full_version": full, "python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
-         "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
-         "platform_python_implementation": "CPython"}
-        for full in ("3.11.2", "3.11.99")
-    ]  # fmt: skip
-    wanted = []
-    for line in requirements.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        requirement = Requirement(line)
-        if requirement.marker is None or any(requirement.marker.evaluate(env) for env in targets):
-            wanted.append(f"{requirement.name}{requirement.specifier}")
-    return wanted
-
-
-def ensure_wheelhouse(group: str, cache: Path) -> Path:
-    """Download the wheels of compose/requirements/GROUP.txt for Linux x86-64 CPython 3.11, once."""
-    requirements = COMPOSE_DIR / "requirements" / f"{group}.txt"
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
-    target = cache / group / digest
-    if (target / ".complete").is_file():
-        return target
-    staging = target.with_name(digest + ".partial")
-    staging.mkdir(parents=True, exist_ok=True)
-    wanted = staging / ".requirements.txt"
-    wanted.write_text("\n".join(_wheel_requirements(requirements)) + "\n")
-    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    _run([
-        *_pip(), "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
-        "--python-version", "3.11", "--implementation", "cp", *platforms,
-        "-r", str(wanted), "-d", str(staging),
-    ])  # fmt: skip
-    (staging / ".complete").touch()
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return target
 
 
 def _fresh_context(settings: Settings, name: str) -> Path:
@@ -225,7 +126,7 @@ def build_image(
         if existing is not None and (existing.labels or {}).get(INPUTS_LABEL) == labels[INPUTS_LABEL]:
             return str(existing.id)
     try:
-        image, _ = _docker().images.build(
+        image, _ = docker_client().images.build(
             path=str(context),
             tag=tag,
             buildargs=buildargs,
@@ -292,7 +193,7 @@ def model_image_tag(settings: Settings, version: str) -> str:
 def remove_model_images(settings: Settings) -> int:
     """Delete every model image of ``settings.model_name``; returns how many went."""
     prefix = f"onebox/model:{settings.model_name}-v"
-    client = _docker()
+    client = docker_client()
     doomed = [
         image for image in client.images.list(name="onebox/model") if any(t.startswith(prefix) for t in image.tags)
     ]

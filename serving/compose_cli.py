@@ -1,0 +1,81 @@
+"""Running docker compose on the appliance's project: which compose, with what environment.
+
+Compose interpolates docker-compose.yml from one environment, built by
+:func:`compose_environment` from the settings object (every setting, under its own name) and the
+appliance's state. The worker container gets the same settings through an env file written
+beside state.env, so a flow it runs sees what the host's `onebox` sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+from serving.appliance_state import ApplianceState, read_state, state_path, write_env_file, write_state
+from serving.checkout import COMPOSE_FILE, SOURCE_ROOT
+from storage.errors import ServingError
+from storage.settings import Settings
+
+# docker-compose.yml's variables that are neither settings nor state.
+SOURCE_VARIABLE = "ONEBOX_SOURCE"  # the checkout, mounted into the worker at the path it has here
+SETTINGS_FILE_VARIABLE = "ONEBOX_SETTINGS_FILE"  # the worker's env_file: every setting
+SETTINGS_FILE = "settings.env"
+PREFIX = "ONEBOX_"
+
+
+@functools.cache
+def compose_command() -> tuple[str, ...]:
+    """The `docker compose` plugin when present, else the standalone `docker-compose` (probed once)."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ("docker", "compose")
+    if shutil.which("docker-compose"):
+        return ("docker-compose",)
+    raise ServingError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def compose_environment(settings: Settings, state: ApplianceState) -> dict[str, str]:
+    """The ONEBOX_ variables docker compose sees; writes the worker's settings file on the way.
+
+    Every setting under its environment variable, then the state (the recorded network wins over
+    a subnet setting: it is what the network was made with), then the checkout and the settings
+    file. ONEBOX_ variables of this process's own environment are left out: the settings object
+    has already read them, and one that is not a setting must not leak into the stack.
+    """
+    settings_file = settings.compose_dir / SETTINGS_FILE
+    write_env_file(settings_file, settings.environment())
+    return {
+        **settings.environment(),
+        **{key: value for key, value in state.variables().items() if value},
+        SOURCE_VARIABLE: str(SOURCE_ROOT),
+        SETTINGS_FILE_VARIABLE: str(settings_file),
+    }
+
+
+def run_compose(
+    settings: Settings, *args: str, profiles: tuple[str, ...] = (), check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``docker compose -p PROJECT ... ARGS`` with the appliance's environment.
+
+    Raises:
+        ServingError: it failed and ``check`` is set (the message ends with its output).
+    """
+    path = state_path(settings)
+    if not path.is_file():
+        write_state(path, ApplianceState())
+    environment = compose_environment(settings, read_state(path))
+    # --env-file: the state again, and no reading of a .env in the checkout (pydantic-settings
+    # has read that one already, under the settings' own names).
+    command = [*compose_command(), "-p", settings.compose_project, "-f", str(COMPOSE_FILE), "--env-file", str(path)]
+    for profile in profiles:
+        command += ["--profile", profile]
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith(PREFIX)}
+    done = subprocess.run(
+        [*command, *args], capture_output=True, text=True, env={**inherited, **environment}, check=False
+    )
+    if check and done.returncode != 0:
+        raise ServingError(f"docker compose {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-2000:]}")
+    return done
