@@ -20,13 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from serving.uploads import Upload
 
-@dataclass(frozen=True)
-class Body:
-    """One request: the same bytes for every request of a run."""
-
-    data: bytes
-    content_type: str
+# One request's body, the same bytes for every request of a run: bytes and their content type,
+# the shape the server's own upload parser gives back.
+Body = Upload
 
 
 @dataclass(frozen=True)
