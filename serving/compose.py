@@ -26,7 +26,7 @@ from pathlib import Path
 from serving.health import smoke_predict
 from serving.images import SOURCE_ROOT, build_appliance_images, build_model_image, build_worker_image
 from serving.local import ServerState
-from serving.predictor import ModelMetadata
+from serving.metadata import ModelMetadata
 from storage.errors import ServingError
 from storage.settings import Settings
 

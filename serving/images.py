@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.predictor import ModelMetadata
+from serving.metadata import ModelMetadata
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -36,6 +36,7 @@ SERVING_FILES = (
     "serving/__init__.py",
     "serving/errors.py",
     "serving/health.py",
+    "serving/metadata.py",
     "serving/predictor.py",
     "serving/service.py",
     "serving/uploads.py",

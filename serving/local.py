@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from serving.health import smoke_predict, wait_until_ready
-from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
+from serving.metadata import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
 from storage.errors import ServingError
 from storage.settings import Settings
 
