@@ -85,10 +85,16 @@ def data_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 
 
 def _run_pipeline(**parameters: Any) -> Any:
+    from flows.prefect_server import use_local_prefect_server
+
+    server = use_local_prefect_server(get_settings())  # starts while Prefect and torch are imported
     from prefect.exceptions import ParameterTypeError
 
     from flows.pipeline import training_pipeline
 
+    if server is not None:
+        server.wait_ready()
+        console.print(f"Prefect UI: {server.url}/   (it stays up for later runs; onebox stop stops it)")
     try:
         return training_pipeline(**parameters)
     except ParameterTypeError as error:
@@ -129,7 +135,6 @@ def train(
     With the appliance up and a worker polling, the run is the registered deployment's, executed
     by the worker (as if started from the Prefect UI); this command follows its logs.
     """
-    from flows.train import resolve_device
     from storage.datasets import resolve_dataset
 
     settings = _settings()
@@ -157,6 +162,11 @@ def train(
             "[yellow]no worker polls the pool 'onebox' (start one: onebox worker); training in this process, "
             "recorded by the appliance's Prefect server[/]"
         )
+    from flows.prefect_server import use_local_prefect_server
+
+    use_local_prefect_server(settings)  # its start overlaps torch's import
+    from flows.train import resolve_device  # imports torch: after the quick checks
+
     resolve_device(device)
     result = _run_pipeline(**parameters)
     _print_result(result, settings)
@@ -268,6 +278,7 @@ def _appliance_settings(*, wait_s: float = 0) -> Settings:
 @app.command()
 def demo(epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epochs.")] = 15) -> None:
     """Train on the bundled digits, register, gate against production and serve on 127.0.0.1."""
+    from flows.prefect_server import LocalPrefectServer
     from storage.registry import PRODUCTION, count_versions, version_by_alias
 
     settings = _settings()
@@ -284,7 +295,9 @@ def demo(epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epo
     console.print(f"  metadata:    {state.url}/metadata")
     console.print(f"  report:      .venv/bin/onebox report --open   (run {result.run_id})")
     console.print(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
-    console.print("  stop it:     .venv/bin/onebox stop   (`make demo` again trains a challenger)")
+    if settings.runtime == "local":
+        console.print(f"  Prefect UI:  {LocalPrefectServer(settings).url}/")
+    console.print("  stop both:   .venv/bin/onebox stop   (`make demo` again trains a challenger)")
 
 
 def _ensure_production_served(settings: Settings, *, restart: bool = False) -> Any:
@@ -318,9 +331,12 @@ def report(
     path_only: Annotated[bool, typer.Option("--path", help="Print only the report file's path.")] = False,
 ) -> None:
     """Show where a run's evaluation report is (HTML, self-contained), or compare two runs."""
-    from flows import report as reports
+    from storage.mlflow_peek import require_runs
 
     settings = _settings()
+    require_runs(settings, [run_id] if compare is None else list(compare))  # before MLflow's import
+    from flows import report as reports
+
     if compare is not None:
         first, second = compare
         baseline = reports.read_run(settings, second).model_version
@@ -427,11 +443,15 @@ def rollback() -> None:
 
 @app.command()
 def stop() -> None:
-    """Stop the local model server."""
+    """Stop the local model server and the local Prefect server."""
+    from flows.prefect_server import LocalPrefectServer
     from serving.runtime import runtime_for
 
-    state = runtime_for(_settings()).stop()
+    settings = _settings()
+    state = runtime_for(settings).stop()
     console.print(f"stopped model v{state.model_version} (pid {state.pid})" if state else "no model server was running")
+    if prefect := LocalPrefectServer(settings).stop():
+        console.print(f"stopped the local Prefect server (pid {prefect.pid}); onebox train starts it again")
 
 
 @app.command()
@@ -439,11 +459,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     """What is serving, which version, since when; what production is; with the appliance, its workers."""
     from serving.health import probe
     from serving.runtime import runtime_for
-    from storage.registry import PRODUCTION, version_by_alias
+    from storage.registry import PRODUCTION, peek_alias
 
     settings = _settings()
     state = runtime_for(settings).current()
-    production = version_by_alias(settings, PRODUCTION)
+    production = peek_alias(settings, PRODUCTION)
     report: dict[str, Any] = {
         "serving": state is not None,
         "healthy": probe(state.url) if state else False,
@@ -456,6 +476,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         "runtime": settings.runtime,
         "home": str(settings.home),
     }
+    if settings.runtime == "local":
+        from flows.prefect_server import LocalPrefectServer
+
+        prefect = LocalPrefectServer(settings).current()
+        report["prefect_ui"] = prefect.url if prefect else None  # started by onebox train or demo
     if settings.runtime == "compose":
         import httpx
 

@@ -47,7 +47,9 @@ def test_agrees_with_mlflow_on_a_real_store(settings: Settings) -> None:
 
     MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(settings.model_name, PRODUCTION, "1")
     expected = version_by_alias(settings, PRODUCTION)
-    assert expected == RegisteredVersion(settings.model_name, "1", expected.run_id if expected else "", "file:///models/0")
+    assert expected == RegisteredVersion(
+        settings.model_name, "1", expected.run_id if expected else "", "file:///models/0"
+    )
     assert peek_alias(settings, PRODUCTION) == expected
     assert mlflow_peek.alias_version(settings, "previous") is None is version_by_alias(settings, "previous")
 
