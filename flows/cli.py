@@ -295,8 +295,8 @@ def demo(epochs: Annotated[int, typer.Option(min=1, max=1000, help="Training epo
     console.print(f"  metadata:    {state.url}/metadata")
     console.print(f"  report:      .venv/bin/onebox report --open   (run {result.run_id})")
     console.print(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
-    if settings.runtime == "local":
-        console.print(f"  Prefect UI:  {LocalPrefectServer(settings).url}/")
+    if prefect := LocalPrefectServer(settings).current():
+        console.print(f"  Prefect UI:  {prefect.url}/")
     console.print("  stop both:   .venv/bin/onebox stop   (`make demo` again trains a challenger)")
 
 
