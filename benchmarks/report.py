@@ -146,8 +146,8 @@ def cli_table(cli: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
     head = f"before ({before['date'][:10]}, {'with' if before['bytecode'] else 'no'} bytecode) | " if before else ""
     lines = [
         "",
-        f"The `onebox` command on the embedded runtime, each a new process in a fresh home; median of "
-        f"{cli['rounds']} runs, seconds (machine load, 1-minute average, beside each):",
+        f"The `onebox` command on the embedded runtime ({cli['date'][:10]}), each a new process in a fresh home; "
+        f"median of {cli['rounds']} runs, seconds (machine load, 1-minute average, beside each):",
         "",
         f"| command | {head}now |",
         "|---|---|" + ("---|" if before else ""),
