@@ -24,7 +24,8 @@ $(UV):
 	$(UV_HOME)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml
-	$(UV) sync --frozen --python 3.11
+	# Bytecode compiled once here, not by the first run of every command (it took seconds per command).
+	$(UV) sync --frozen --compile-bytecode --python 3.11
 	touch $@
 
 setup: $(VENV)/.synced ## Create .venv from the lock file (uv.lock)

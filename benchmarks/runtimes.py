@@ -18,7 +18,7 @@ def measure_runtimes(settings: Settings, version: str, torch_model: Path) -> dic
     from flows.export import LATENCY_BATCH_SIZES, check_export
     from flows.model import ConvClassifier
     from flows.prepare import split_dataset
-    from serving.predictor import ModelMetadata
+    from serving.metadata import ModelMetadata
     from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
     from storage.registry import materialize_bundle
 

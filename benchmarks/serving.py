@@ -35,7 +35,8 @@ import numpy as np
 from benchmarks import servers
 from benchmarks.cpu import cpu_seconds, process_tree
 from benchmarks.loadgen import Body, LoadResult, describe, ensure_wrk, run_load
-from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, OnnxPredictor
+from serving.metadata import MODEL_DIR_VARIABLE, WORKERS_VARIABLE
+from serving.predictor import OnnxPredictor
 from storage.settings import Settings
 
 CONNECTIONS = (1, 8, 64)

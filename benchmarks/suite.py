@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one run on this machine, then the summary and plots.
 
 Brings up the real appliance under its own compose project, ports, model name and home, and
-measures, in this order: cold `up`; registered -> serving and failed requests during a swap
+measures, in this order: the `onebox` command's start-up and an embedded training run
+(benchmarks/cli.py, no Docker); cold `up`; registered -> serving and failed requests during a swap
 under load; idle memory; serving side by side (benchmarks/serving.py); torch vs ONNX Runtime
 (benchmarks/runtimes.py); the flow against the plain script (benchmarks/pipeline.py). Each
 result is written to benchmarks/results/*.json as soon as it is measured; the stack is torn
@@ -42,7 +43,7 @@ def main() -> int:
 
     settings = get_settings()
     prepare_environment(settings)
-    from benchmarks import appliance, pipeline, report, runtimes, serving
+    from benchmarks import appliance, cli, pipeline, report, runtimes, serving
     from serving.compose import ComposeRuntime
     from serving.image_builds import remove_model_images
 
@@ -53,6 +54,7 @@ def main() -> int:
     }
     runtime = ComposeRuntime(settings)
     swap_ok = False
+    write("cli", cli.measure_cli())  # first: the appliance's containers would load the machine
     try:
         results = {**header, **appliance.measure_cold_up(settings, runtime)}
         results.update(appliance.measure_swap(settings, runtime))

@@ -23,7 +23,7 @@ from serving.compose_cli import run_compose
 from serving.docker_client import project_container, project_network
 from serving.health import STARTUP_FAILED_MARKER, smoke_predict
 from serving.image_builds import build_appliance_images, build_model_image, build_worker_image
-from serving.predictor import ModelMetadata
+from serving.metadata import ModelMetadata
 from serving.runtime import ServerState
 from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError

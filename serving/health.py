@@ -7,8 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import numpy as np
-from PIL import Image
 
 from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
@@ -43,6 +41,10 @@ def wait_until_ready(url: str, *, timeout_s: float, still_starting: Callable[[],
 
 
 def blank_png(image_shape: tuple[int, int, int]) -> bytes:
+    # Here, not at the top: `onebox status` probes a server without importing numpy and Pillow.
+    import numpy as np
+    from PIL import Image
+
     channels, height, width = image_shape
     pixels = np.zeros((height, width) if channels == 1 else (height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from pathlib import Path
 
-    from serving.predictor import METADATA_FILE, MODEL_DIR_VARIABLE, ModelMetadata
+    from serving.metadata import METADATA_FILE, MODEL_DIR_VARIABLE, ModelMetadata
 
     args = sys.argv[1:] if argv is None else argv
     url = args[0] if args else "http://127.0.0.1:3000"

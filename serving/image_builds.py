@@ -17,7 +17,7 @@ from pathlib import Path
 
 from serving.checkout import COMPOSE_DIR, SOURCE_ROOT
 from serving.docker_client import docker_client, find_image, image_exists
-from serving.predictor import ModelMetadata
+from serving.metadata import ModelMetadata
 from serving.wheelhouse import ensure_wheelhouse, run_checked
 from storage.errors import ServingError
 from storage.settings import Settings
@@ -33,6 +33,7 @@ SERVING_FILES = (
     "serving/__init__.py",
     "serving/errors.py",
     "serving/health.py",
+    "serving/metadata.py",
     "serving/predictor.py",
     "serving/service.py",
     "serving/uploads.py",

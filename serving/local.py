@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from serving.health import STARTUP_FAILED_MARKER, smoke_predict, wait_until_ready
-from serving.predictor import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
+from serving.metadata import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
 from serving.processes import process_alive, stop_process_group
 from serving.runtime import ServerState
 from storage.errors import ServingError

@@ -6,55 +6,23 @@ here, so this runs in the thin serving image and in tests alike.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
 from storage.errors import ModelError
 from storage.images import ImageDecodeError, decode_image, normalize, to_model_array
 
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
 MAX_BATCH = 1024
-MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle a model server loads
-WORKERS_VARIABLE = "ONEBOX_SERVE_WORKERS"  # its worker processes
 ORT_THREADS_VARIABLE = "ONEBOX_ORT_THREADS"  # ONNX Runtime's threads in each worker
 
 
 class InputError(ImageDecodeError):
     """A request's input cannot be turned into the model's input."""
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What a served model is: its registry identity, lineage, input shape and test metrics."""
-
-    model_name: str
-    model_version: str
-    run_id: str
-    dataset_name: str
-    dataset_version: str
-    classes: tuple[str, ...]
-    image_shape: tuple[int, int, int]  # channels, height, width
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, path: Path) -> ModelMetadata:
-        raw = json.loads(path.read_text())
-        raw["classes"] = tuple(raw["classes"])
-        raw["image_shape"] = tuple(raw["image_shape"])
-        return cls(**raw)
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def create_session(model_path: Path, *, threads: int | None = None) -> ort.InferenceSession:

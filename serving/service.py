@@ -37,7 +37,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.errors import UnwrapErrorMiddleware
-from serving.predictor import METADATA_FILE, MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata, OnnxPredictor
+from serving.metadata import METADATA_FILE, MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
+from serving.predictor import OnnxPredictor
 from serving.uploads import UploadError, read_file_field
 from storage.images import ImageDecodeError
 

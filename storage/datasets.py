@@ -6,24 +6,29 @@ shape, integer labels), so training never depends on the folder it was imported 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import shutil
+import sqlite3
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import sqlite_utils
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import DatasetError
-from storage.images import ImageDecodeError, decode_image, is_gray, target_size, to_model_array
 from storage.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where images are read or written: listing and resolving versions (`onebox data
+    # list`, a mistyped `onebox train --dataset`) reads only the catalog and must answer at once.
+    # sqlite_utils (for writing the catalog) imports pandas when it is installed: seconds.
+    import numpy as np
+    import sqlite_utils
+    from PIL import Image
 
 BUILTIN_DATASET = "digits"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
@@ -56,6 +61,8 @@ class LoadedDataset:
 
 
 def _catalog(settings: Settings) -> sqlite_utils.Database:
+    import sqlite_utils
+
     settings.home.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(settings.catalog_path)
     db.enable_wal()
@@ -75,12 +82,16 @@ def _row_to_version(row: dict[str, Any], settings: Settings) -> DatasetVersion:
 
 
 def list_datasets(settings: Settings) -> list[DatasetVersion]:
-    """Every stored version, newest first."""
-    db = _catalog(settings)
-    if CATALOG_TABLE not in db.table_names():
+    """Every stored version, newest first (a home with no catalog yet has none; nothing is created)."""
+    if not settings.catalog_path.is_file():
         return []
-    rows = db[CATALOG_TABLE].rows_where(order_by="created desc, name")
-    return [_row_to_version(row, settings) for row in rows]
+    with contextlib.closing(sqlite3.connect(settings.catalog_path)) as db:
+        db.row_factory = sqlite3.Row
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (CATALOG_TABLE,)).fetchone():
+            rows = db.execute(f"SELECT * FROM [{CATALOG_TABLE}] ORDER BY created DESC, name").fetchall()
+        else:
+            rows = []
+    return [_row_to_version(dict(row), settings) for row in rows]
 
 
 def _find_files(source: Path) -> dict[str, list[Path]]:
@@ -117,6 +128,8 @@ def _content_version(source: Path, files: dict[str, list[Path]]) -> str:
 
 
 def _decode_all(files: dict[str, list[Path]]) -> dict[str, list[Image.Image]]:
+    from storage.images import ImageDecodeError, decode_image
+
     decoded: dict[str, list[Image.Image]] = {}
     bad: list[str] = []
     for class_name, paths in files.items():
@@ -154,6 +167,10 @@ def import_image_folder(source: Path, *, name: str, settings: Settings) -> Datas
         existing = list(db[CATALOG_TABLE].rows_where("name = ? and version = ?", [name, version]))
         if existing:
             return _row_to_version(existing[0], settings)
+
+    import numpy as np
+
+    from storage.images import is_gray, target_size, to_model_array
 
     decoded = _decode_all(files)
     all_images = [image for images in decoded.values() for image in images]
@@ -198,6 +215,8 @@ def import_image_folder(source: Path, *, name: str, settings: Settings) -> Datas
 
 def ensure_builtin_dataset(settings: Settings) -> DatasetVersion:
     """The bundled digits dataset (scikit-learn's 8x8 digits, no download), imported on first use."""
+    import numpy as np
+    from PIL import Image
     from sklearn.datasets import load_digits  # its data ships inside scikit-learn
 
     digits = load_digits()
@@ -237,5 +256,7 @@ def resolve_dataset(name: str, version: str | None, settings: Settings) -> Datas
 
 
 def load_dataset(version: DatasetVersion) -> LoadedDataset:
+    import numpy as np
+
     with np.load(version.path / "arrays.npz") as arrays:
         return LoadedDataset(version=version, images=arrays["images"], labels=arrays["labels"])

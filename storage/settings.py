@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     image_tag: str = Field(default="latest", description="Tag of the appliance's own images.")
     compose_project: str = "onebox"
     bind: str = Field(default="127.0.0.1", description="Where published ports listen; see README before changing.")
+    local_prefect_port: int = Field(
+        default=4201,
+        ge=1,
+        le=65535,
+        description="The local runtime's Prefect server (UI and API) on 127.0.0.1; the appliance's is prefect_port.",
+    )
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     prefect_port: int = Field(default=4200, ge=1, le=65535)
     subnet: IPv4Network | None = Field(
@@ -86,7 +92,7 @@ class Settings(BaseSettings):
 
     @property
     def prefect_api_url(self) -> str | None:
-        """The appliance's Prefect server; None: Prefect's own temporary local server."""
+        """The appliance's Prefect server; None: the local runtime's own (flows/prefect_server.py)."""
         return f"http://127.0.0.1:{self.prefect_port}/api" if self.runtime == "compose" else None
 
     @property

@@ -33,11 +33,15 @@ def rollback() -> None:
 
 @app.command()
 def stop() -> None:
-    """Stop the local model server."""
+    """Stop the local model server and the local Prefect server."""
+    from flows.prefect_server import LocalPrefectServer
     from serving.runtime import runtime_for
 
-    state = runtime_for(settings()).stop()
+    current = settings()
+    state = runtime_for(current).stop()
     console.print(f"stopped model v{state.model_version} (pid {state.pid})" if state else "no model server was running")
+    if prefect := LocalPrefectServer(current).stop():
+        console.print(f"stopped the local Prefect server (pid {prefect.pid}); onebox train starts it again")
 
 
 @app.command()
@@ -45,11 +49,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     """What is serving, which version, since when; what production is; with the appliance, its workers."""
     from serving.health import probe
     from serving.runtime import runtime_for
-    from storage.registry import PRODUCTION, version_by_alias
+    from storage.registry import PRODUCTION, peek_alias
 
     current = settings()
     state = runtime_for(current).current()
-    production = version_by_alias(current, PRODUCTION)
+    production = peek_alias(current, PRODUCTION)
     report: dict[str, Any] = {
         "serving": state is not None,
         "healthy": probe(state.url) if state else False,
@@ -62,6 +66,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         "runtime": current.runtime,
         "home": str(current.home),
     }
+    if current.runtime == "local":
+        from flows.prefect_server import LocalPrefectServer
+
+        prefect = LocalPrefectServer(current).current()
+        report["prefect_ui"] = prefect.url if prefect else None  # started by onebox train or demo
     if current.runtime == "compose":
         import httpx
 

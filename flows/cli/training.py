@@ -14,6 +14,7 @@ from rich.table import Table
 
 from flows.cli.shared import console, fail, settings
 from flows.parameters import TrainingParameters, annotated, describe, flat_parameters
+from storage.settings import get_settings
 
 if TYPE_CHECKING:
     from flows.pipeline import PipelineResult
@@ -51,10 +52,16 @@ def _option(name: str, field: FieldInfo) -> tuple[object, ...]:
 
 def run_pipeline(parameters: TrainingParameters) -> PipelineResult:
     """Run the training flow in this process; a parameter Prefect refuses is a usage error."""
+    from flows.prefect_server import use_local_prefect_server
+
+    server = use_local_prefect_server(get_settings())  # starts while Prefect and torch are imported
     from prefect.exceptions import ParameterTypeError
 
     from flows.pipeline import training_pipeline
 
+    if server is not None:
+        server.wait_ready()
+        console.print(f"Prefect UI: {server.url}/   (it stays up for later runs; onebox stop stops it)")
     try:
         result: PipelineResult = training_pipeline(**parameters.model_dump())
     except ParameterTypeError as error:
@@ -98,6 +105,9 @@ def train(
             "[yellow]no worker polls the pool 'onebox' (start one: onebox worker); training in this process, "
             "recorded by the appliance's Prefect server[/]"
         )
+    from flows.prefect_server import use_local_prefect_server
+
+    use_local_prefect_server(current)  # its start overlaps torch's import
     from flows.train import resolve_device  # torch: imported once the run is sure to start here
 
     resolve_device(parameters.device)
@@ -133,6 +143,7 @@ EPOCHS = TrainingParameters.model_fields["epochs"]
 @app.command()
 def demo(epochs: Annotated[int, _option("epochs", EPOCHS)[0]] = EPOCHS.default) -> None:
     """Train on the bundled digits, register, gate against production and serve on 127.0.0.1."""
+    from flows.prefect_server import LocalPrefectServer
     from flows.promote import ensure_production_served
     from storage.registry import PRODUCTION, count_versions, version_by_alias
 
@@ -150,7 +161,9 @@ def demo(epochs: Annotated[int, _option("epochs", EPOCHS)[0]] = EPOCHS.default) 
     console.print(f"  metadata:    {state.url}/metadata")
     console.print(f"  report:      .venv/bin/onebox report --open   (run {result.run_id})")
     console.print(f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {current.mlflow_tracking_uri}")
-    console.print("  stop it:     .venv/bin/onebox stop   (`make demo` again trains a challenger)")
+    if prefect := LocalPrefectServer(current).current():
+        console.print(f"  Prefect UI:  {prefect.url}/")
+    console.print("  stop both:   .venv/bin/onebox stop   (`make demo` again trains a challenger)")
 
 
 @app.command()
@@ -166,10 +179,13 @@ def report(
     path_only: Annotated[bool, typer.Option("--path", help="Print only the report file's path.")] = False,
 ) -> None:
     """Show where a run's evaluation report is (HTML, self-contained), or compare two runs."""
+    from storage.mlflow_peek import require_runs
+
+    current = settings()
+    require_runs(current, [run_id] if compare is None else list(compare))  # before MLflow's import
     from flows.report import build_report
     from flows.run_record import fetch_report, latest_run_with_report, read_run
 
-    current = settings()
     if compare is not None:
         first, second = compare
         baseline = read_run(current, second).model_version

@@ -61,3 +61,26 @@ def test_readme_part_between_the_markers_is_replaced(tmp_path: Path, monkeypatch
     assert "requests/s" in text
     assert (tmp_path / "summary.md").is_file()
     assert (tmp_path / "serving.png").is_file()
+
+
+def cli_results(quick_s: float, served_s: float) -> dict:
+    commands = [
+        {"command": "onebox status", "runs_s": [quick_s], "median_s": quick_s, "target_s": 1.0, "load_1min": 0.5},
+        {"command": "onebox report nosuchrun", "runs_s": [2.0], "median_s": 2.0, "target_s": None, "load_1min": 0.5},
+    ]
+    trials = {"served_s": [served_s], "command_s": [served_s + 3], "load_1min": [0.5],
+              "median_served_s": served_s, "median_command_s": served_s + 3}  # fmt: skip
+    return {"date": "2026-12-01T00:00:00+00:00", "bytecode": True, "rounds": 1, "commands": commands,
+            "train": {"target_s": 25.0, "cold": trials, "warm": trials}}  # fmt: skip
+
+
+@pytest.mark.parametrize(("quick_s", "served_s", "expected"), [(0.6, 20.0, "met"), (1.5, 30.0, "**missed**")])
+def test_cli_targets_are_judged_the_untargeted_only_shown(quick_s: float, served_s: float, expected: str) -> None:
+    data = {"cli": cli_results(quick_s, served_s), "cli-before": cli_results(9.0, 50.0)}
+    targets = report.targets_table(data)
+    judged = [line for line in targets if "onebox" in line]
+    assert len(judged) == 3  # status; train cold and warm; not the untargeted report
+    assert all(line.endswith(f"| {expected} |") for line in judged)
+    table = "\n".join(report.other_tables(data))
+    assert "`onebox report nosuchrun` | 2.0 (load 0.5) | 2.0 (load 0.5) |" in table
+    assert f"| 50.0 / 53.0 (load 0.5-0.5) | {served_s} / {served_s + 3} (load 0.5-0.5) |" in table
