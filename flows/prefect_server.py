@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serving.processes import process_alive, stop_process_group
+from serving.processes import port_in_use, process_alive, stop_process_group
 from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
 from storage.settings import Settings
@@ -83,7 +82,7 @@ class LocalPrefectServer:
             if state is not None:  # started on another port before the setting changed
                 stop_process_group(state.pid)
                 self.state_path.unlink(missing_ok=True)
-            if _port_in_use(self.settings.local_prefect_port):
+            if port_in_use(HOST, self.settings.local_prefect_port):
                 raise PrefectServerError(
                     f"port {self.settings.local_prefect_port} on {HOST} (the local Prefect server's) is used by "
                     "another program; stop it or set ONEBOX_LOCAL_PREFECT_PORT to a free port"
@@ -178,12 +177,6 @@ def _server_alive(pid: int) -> bool:
         return True  # no /proc to ask
     # Empty while the process is still becoming the server (between fork and exec).
     return b"prefect" in command_line or not command_line
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((HOST, port)) == 0
 
 
 def use_local_prefect_server(settings: Settings) -> LocalPrefectServer | None:

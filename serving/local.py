@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import asdict
@@ -17,18 +16,12 @@ from pathlib import Path
 
 from serving.health import STARTUP_FAILED_MARKER, smoke_predict, wait_until_ready
 from serving.metadata import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
-from serving.processes import process_alive, stop_process_group
+from serving.processes import port_in_use, process_alive, stop_process_group
 from serving.runtime import ServerState
 from storage.errors import ServingError
 from storage.settings import Settings
 
 SERVICE = "serving.service:Classifier"
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
 
 
 class LocalRuntime:
@@ -59,7 +52,7 @@ class LocalRuntime:
                 "stop it first with: onebox stop"
             )
         host, port = self.settings.serve_host, self.settings.serve_port
-        if _port_in_use(host, port):
+        if port_in_use(host, port):
             raise ServingError(f"port {port} on {host} is used by another program; stop it or set ONEBOX_SERVE_PORT")
         metadata = ModelMetadata.read(bundle / "metadata.json")
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)

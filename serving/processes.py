@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 
 from serving.waiting import NotYet, WaitTimeout, wait_for
@@ -108,3 +109,10 @@ def stop_process_group(pgid: int, *, timeout_s: float = STOP_TIMEOUT_S) -> None:
     except ProcessLookupError:
         return
     wait_for(group_gone, timeout_s=10, what=f"process group {pgid} to exit after SIGKILL", interval_s=0.1)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already accepts connections on ``host:port`` (a server of ours or another program's)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
