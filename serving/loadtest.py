@@ -5,6 +5,7 @@ Used by the docker tests and the appliance benchmark against a gateway on loopba
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from serving.health import blank_png
+from serving.waiting import NotYet, WaitTimeout, wait_for
 
 
 @dataclass
@@ -54,9 +56,13 @@ class SteadyLoad:
 
     def finish(self, *, at_least: int, timeout_s: float = 120) -> None:
         """Keep going until ``at_least`` requests were sent (or the timeout), then stop."""
-        deadline = time.monotonic() + timeout_s
-        while self.sent < at_least and time.monotonic() < deadline:
-            time.sleep(0.2)
+
+        def enough_sent() -> None:
+            if self.sent < at_least:
+                raise NotYet(f"{self.sent} of {at_least} requests sent")
+
+        with contextlib.suppress(WaitTimeout):  # the load ends either way; the caller reads what was sent
+            wait_for(enough_sent, timeout_s=timeout_s, what=f"{at_least} requests", interval_s=0.2)
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=30)
