@@ -15,7 +15,7 @@ import httpx
 
 from benchmarks.loadgen import Body
 from serving.checkout import SOURCE_ROOT
-from serving.processes import stop_process_group
+from serving.processes import start_process_group, stop_process_group
 from serving.waiting import NotYet, WaitTimeout, wait_for
 
 BIN = Path(sys.executable).parent
@@ -59,17 +59,14 @@ def server_process(
         RuntimeError: the server exited or did not answer in time (its log's tail is in the message).
     """
     log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            # The venv's bin first: `mlflow models serve` starts `uvicorn` by name.
-            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
-            cwd=SOURCE_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = start_process_group(
+        command,
+        # The venv's bin first: `mlflow models serve` starts `uvicorn` by name.
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
+        log_path=log_path,
+        cwd=SOURCE_ROOT,
+        append=False,
+    )
 
     def answered() -> None:
         if process.poll() is not None:

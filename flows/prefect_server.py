@@ -14,14 +14,13 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serving.processes import port_in_use, process_alive, stop_process_group
+from serving.processes import port_in_use, process_alive, start_process_group, stop_process_group
 from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
 from storage.settings import Settings
@@ -100,15 +99,7 @@ class LocalPrefectServer:
             )
             prefect = Path(sys.executable).with_name("prefect")
             command = [str(prefect), "server", "start", "--host", HOST, "--port", str(self.settings.local_prefect_port)]
-            with self.log_path.open("ab") as log:
-                process = subprocess.Popen(
-                    command,
-                    env=environment,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # outlives this command; stopped as a group
-                )
+            process = start_process_group(command, env=environment, log_path=self.log_path)
             state = PrefectServerState(
                 pid=process.pid, url=self.url, started=datetime.now(UTC).isoformat(timespec="seconds")
             )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from serving.health import STARTUP_FAILED_MARKER, smoke_predict, wait_until_ready
 from serving.metadata import MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
-from serving.processes import port_in_use, process_alive, stop_process_group
+from serving.processes import port_in_use, process_alive, start_process_group, stop_process_group
 from serving.runtime import ServerState
 from storage.errors import ServingError
 from storage.settings import Settings
@@ -64,15 +63,7 @@ class LocalRuntime:
             "BENTOML_DO_NOT_TRACK": "true",
         }
         command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
-        with self.log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # outlives this command; stopped as a group
-            )
+        process = start_process_group(command, env=env, log_path=self.log_path)
         url = self.settings.serve_url
         state = ServerState(
             pid=process.pid,

@@ -10,11 +10,34 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 from serving.waiting import NotYet, WaitTimeout, wait_for
 
 STOP_TIMEOUT_S = 20.0
+
+
+def start_process_group(
+    command: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None, append: bool = True
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a process group of its own, its output (stdout and stderr) in ``log_path``.
+
+    It outlives the command that started it; stop it with :func:`stop_process_group`.
+
+    Args:
+        append: keep what the log holds (a server's earlier runs); False starts it empty.
+    """
+    with log_path.open("ab" if append else "wb") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def process_alive(pid: int, *, command_marker: str | None = None) -> bool:
@@ -36,8 +59,8 @@ def process_alive(pid: int, *, command_marker: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
-    if _stat(pid)[0:1] == ["Z"]:
-        return False  # exited; its parent, not us, has yet to reap it
+    if _exited(pid):
+        return False  # its parent, not us, has yet to reap it
     if command_marker is None:
         return True
     try:
@@ -56,31 +79,49 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     members = _group_members(pgid)
-    return True if members is None else any(state != "Z" for state in members.values())
+    return True if members is None else not all(_exited(member) for member in members)
 
 
-def _group_members(pgid: int) -> dict[int, str] | None:
-    """The state letter of each process in group ``pgid``, from /proc; None where /proc is unreadable.
+def _group_members(pgid: int) -> list[int] | None:
+    """The processes of group ``pgid``, from /proc; None where /proc is unreadable.
 
-    A zombie counts as stopped: the leader of a group another process started (a model server
-    started by an earlier `onebox` command) stays one until that process reaps it.
+    A zombie among them counts as stopped (see :func:`_exited`): the leader of a group another
+    process started (a model server started by an earlier `onebox` command) stays one until
+    that process reaps it.
     """
     proc = Path("/proc")
     if not proc.is_dir():
         return None
-    members: dict[int, str] = {}
+    members = []
     for entry in proc.iterdir():
-        fields = _stat(int(entry.name)) if entry.name.isdigit() else []
+        fields = _stat(Path("/proc", entry.name)) if entry.name.isdigit() else []
         if len(fields) > 2 and int(fields[2]) == pgid:
-            members[int(entry.name)] = fields[0]
+            members.append(int(entry.name))
     return members
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command (state, ppid, pgrp, ...); [] when unreadable."""
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` is a zombie whose every thread has exited too.
+
+    A multi-threaded process's main thread turns zombie as soon as it exits, while its other
+    threads may still be exiting with the process's sockets open (a killed server's port is not
+    free yet): it has exited only once they all have.
+    """
+    if _stat(Path(f"/proc/{pid}"))[0:1] != ["Z"]:
+        return False
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return True  # reaped meanwhile
+    return all(_stat(thread)[0:1] in (["Z"], ["X"], []) for thread in threads)
+
+
+def _stat(entry: Path) -> list[str]:
+    """The fields of a /proc process or thread entry's stat after the command (state, ppid,
+    pgrp, ...); [] when unreadable."""
     try:
         # pid (command) state ppid pgrp ...: the command may hold spaces and parentheses.
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (entry / "stat").read_text().rpartition(")")[2].split()
     except OSError:
         return []  # gone meanwhile, or no /proc
 
