@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from serving.images import SOURCE_ROOT
 
 from benchmarks.servers import free_port
+from serving.checkout import SOURCE_ROOT
 
 QUICK_TARGET_S = 1.0
 TRAIN_TARGET_S = 25.0
