@@ -160,6 +160,53 @@ def measure_cli(
     }
 
 
+def cli_targets(cli: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The summary's target rows for the command: (target, measured, met)."""
+    rows = [
+        (f"`{command['command']}` < {command['target_s']:g} s", f"{command['median_s']} s",
+         command["median_s"] < command["target_s"])
+        for command in cli["commands"]
+        if command["target_s"] is not None
+    ]  # fmt: skip
+    train = cli["train"]
+    for label in ("cold", "warm"):
+        served = train[label]["median_served_s"]
+        rows.append((f"embedded `onebox train --epochs 1`, Enter to served < {train['target_s']:g} s ({label})",
+                     f"{served} s", served < train["target_s"]))  # fmt: skip
+    return rows
+
+
+def cli_table(cli: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
+    def loads(values: list[float]) -> str:
+        return f"{min(values):.1f}-{max(values):.1f}"
+
+    was = {c["command"]: c for c in before["commands"]} if before else {}
+    head = f"before ({before['date'][:10]}, {'with' if before['bytecode'] else 'no'} bytecode) | " if before else ""
+    lines = [
+        "",
+        f"The `onebox` command on the embedded runtime ({cli['date'][:10]}), each a new process in a fresh home; "
+        f"median of {cli['rounds']} runs, seconds (machine load, 1-minute average, beside each):",
+        "",
+        f"| command | {head}now |",
+        "|---|---|" + ("---|" if before else ""),
+    ]
+    for command in cli["commands"]:
+        old = was.get(command["command"])
+        cell = f"{old['median_s']} (load {old['load_1min']}) | " if old else ("- | " if before else "")
+        lines.append(f"| `{command['command']}` | {cell}{command['median_s']} (load {command['load_1min']}) |")
+    for label, what in (("cold", "fresh home: digits imported, Prefect server started"), ("warm", "server up")):
+        now = cli["train"][label]
+        old = before["train"][label] if before else None
+        cell = ""
+        if old:
+            cell = f"{old['median_served_s']} / {old['median_command_s']} (load {loads(old['load_1min'])}) | "
+        lines.append(
+            f"| `train --epochs 1` to served / to the command's end, {label} ({what}) | {cell}"
+            f"{now['median_served_s']} / {now['median_command_s']} (load {loads(now['load_1min'])}) |"
+        )
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="How fast the onebox command answers (benchmarks/cli.py).")
     parser.add_argument("--source", type=Path, default=SOURCE_ROOT, help="Checkout to run (default: this one).")

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cli import cli_table, cli_targets
+
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
@@ -119,54 +121,14 @@ def targets_table(data: dict[str, Any]) -> list[str]:
             (f"idle memory of the appliance <= 1.2 GB ({GB_1_2_MIB:,.0f} MiB)", f"{memory:,.0f} MiB",
              memory <= GB_1_2_MIB),
         ]  # fmt: skip
-    cli = data.get("cli")
-    if cli:
-        for command in cli["commands"]:
-            if command["target_s"] is not None:
-                rows.append((f"`{command['command']}` < {command['target_s']:g} s", f"{command['median_s']} s",
-                             command["median_s"] < command["target_s"]))  # fmt: skip
-        train = cli["train"]
-        for label in ("cold", "warm"):
-            served = train[label]["median_served_s"]
-            rows.append((f"embedded `onebox train --epochs 1`, Enter to served < {train['target_s']:g} s ({label})",
-                         f"{served} s", served < train["target_s"]))  # fmt: skip
+    if data.get("cli"):
+        rows += cli_targets(data["cli"])
     if pipeline:
         measured = (
             f"{pipeline['flow_vs_plain']}x ({pipeline['flow_median_s']} vs {pipeline['plain_script_median_s']} s)"
         )
         rows.append(("pipeline <= 1.15x the plain script", measured, pipeline["flow_vs_plain"] <= 1.15))
     return ["| target | measured | |", "|---|---|---|", *(f"| {t} | {m} | {_mark(ok)} |" for t, m, ok in rows)]
-
-
-def cli_table(cli: dict[str, Any], before: dict[str, Any] | None) -> list[str]:
-    def loads(values: list[float]) -> str:
-        return f"{min(values):.1f}-{max(values):.1f}"
-
-    was = {c["command"]: c for c in before["commands"]} if before else {}
-    head = f"before ({before['date'][:10]}, {'with' if before['bytecode'] else 'no'} bytecode) | " if before else ""
-    lines = [
-        "",
-        f"The `onebox` command on the embedded runtime ({cli['date'][:10]}), each a new process in a fresh home; "
-        f"median of {cli['rounds']} runs, seconds (machine load, 1-minute average, beside each):",
-        "",
-        f"| command | {head}now |",
-        "|---|---|" + ("---|" if before else ""),
-    ]
-    for command in cli["commands"]:
-        old = was.get(command["command"])
-        cell = f"{old['median_s']} (load {old['load_1min']}) | " if old else ("- | " if before else "")
-        lines.append(f"| `{command['command']}` | {cell}{command['median_s']} (load {command['load_1min']}) |")
-    for label, what in (("cold", "fresh home: digits imported, Prefect server started"), ("warm", "server up")):
-        now = cli["train"][label]
-        old = before["train"][label] if before else None
-        cell = ""
-        if old:
-            cell = f"{old['median_served_s']} / {old['median_command_s']} (load {loads(old['load_1min'])}) | "
-        lines.append(
-            f"| `train --epochs 1` to served / to the command's end, {label} ({what}) | {cell}"
-            f"{now['median_served_s']} / {now['median_command_s']} (load {loads(now['load_1min'])}) |"
-        )
-    return lines
 
 
 def other_tables(data: dict[str, Any]) -> list[str]:
