@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from serving.health import wait_until_ready
 from serving.processes import port_in_use, process_alive, start_process_group, stop_process_group
-from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -112,29 +112,20 @@ class LocalPrefectServer:
         Raises:
             PrefectServerError: it is not running, exited while starting, or was not healthy in time.
         """
-        import httpx
-
         state = self.current()
         if state is None:
             raise PrefectServerError(f"the local Prefect server is not running; see {self.log_path}")
-
-        def healthy() -> PrefectServerState:
-            if not _server_alive(state.pid):
-                raise PrefectServerError(f"the local Prefect server exited while starting; see {self.log_path}")
-            try:
-                answer = httpx.get(f"{state.api_url}/health", timeout=2.0)
-            except httpx.TransportError as error:
-                raise NotYet(type(error).__name__) from error
-            if answer.status_code != 200:
-                raise NotYet(f"/api/health answered {answer.status_code}")
-            return state
-
-        return wait_for(
-            healthy,
-            timeout_s=timeout_s,
-            what=f"the local Prefect server at {state.url} (log: {self.log_path})",
-            error=PrefectServerError,
-        )
+        try:
+            wait_until_ready(
+                state.url,
+                timeout_s=timeout_s,
+                still_starting=lambda: _server_alive(state.pid),
+                health_path="/api/health",
+                server="the local Prefect server",
+            )
+        except ServingError as error:
+            raise PrefectServerError(f"{error}; see {self.log_path}") from error
+        return state
 
     def stop(self) -> PrefectServerState | None:
         """Stop the server, if it runs, and return what it was."""
@@ -160,14 +151,7 @@ class LocalPrefectServer:
 
 def _server_alive(pid: int) -> bool:
     """Whether ``pid`` runs and is a Prefect server (a recycled pid of another program is not)."""
-    if not process_alive(pid):
-        return False
-    try:
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc to ask
-    # Empty while the process is still becoming the server (between fork and exec).
-    return b"prefect" in command_line or not command_line
+    return process_alive(pid, command_marker="prefect")
 
 
 def use_local_prefect_server(settings: Settings) -> LocalPrefectServer | None:

@@ -16,11 +16,19 @@ from storage.errors import ServingError
 STARTUP_FAILED_MARKER = "Application startup failed"
 
 
-def wait_until_ready(url: str, *, timeout_s: float, still_starting: Callable[[], bool] = lambda: True) -> None:
-    """Poll ``{url}/readyz`` until it answers 200.
+def wait_until_ready(
+    url: str,
+    *,
+    timeout_s: float,
+    still_starting: Callable[[], bool] = lambda: True,
+    health_path: str = "/readyz",
+    server: str = "the model server",
+) -> None:
+    """Poll ``{url}{health_path}`` until it answers 200.
 
     Args:
         still_starting: returns False once the server has died, to stop waiting early.
+        server: what runs at ``url``, for the messages.
 
     Raises:
         ServingError: not ready within ``timeout_s`` (a WaitTimeout), or the server died.
@@ -29,15 +37,15 @@ def wait_until_ready(url: str, *, timeout_s: float, still_starting: Callable[[],
 
         def ready() -> None:
             if not still_starting():
-                raise ServingError(f"the model server at {url} exited while starting")
+                raise ServingError(f"{server} at {url} exited while starting")
             try:
-                answer = client.get(f"{url}/readyz")
+                answer = client.get(f"{url}{health_path}")
             except httpx.TransportError as error:
                 raise NotYet(type(error).__name__) from None
             if answer.status_code != 200:
-                raise NotYet(f"/readyz answered {answer.status_code}")
+                raise NotYet(f"{health_path} answered {answer.status_code}")
 
-        wait_for(ready, timeout_s=timeout_s, what=f"the model server at {url} to be ready")
+        wait_for(ready, timeout_s=timeout_s, what=f"{server} at {url} to be ready")
 
 
 def blank_png(image_shape: tuple[int, int, int]) -> bytes:

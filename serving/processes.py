@@ -64,9 +64,12 @@ def process_alive(pid: int, *, command_marker: str | None = None) -> bool:
     if command_marker is None:
         return True
     try:
-        return command_marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return True
+        return True  # no /proc to ask
+    # Empty while a process exits (its memory already gone, its threads and sockets not yet):
+    # it still runs, and may still hold its port.
+    return not command_line or command_marker.encode() in command_line
 
 
 def _group_alive(pgid: int) -> bool:
