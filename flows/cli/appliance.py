@@ -21,26 +21,16 @@ def appliance_settings(*, wait_s: float = 0) -> Settings:
     """
     import os
 
-    import httpx
-
-    from serving.waiting import NotYet, WaitTimeout, wait_for
+    from serving.health import wait_until_ready
+    from serving.waiting import WaitTimeout
 
     os.environ["ONEBOX_RUNTIME"] = "compose"
     get_settings.cache_clear()
     current = get_settings()
     prepare_environment(current)
     api = os.environ["PREFECT_API_URL"]
-
-    def healthy() -> None:
-        try:
-            status = httpx.get(f"{api}/health", timeout=5).status_code
-        except httpx.HTTPError as error:
-            raise NotYet(str(error)) from None
-        if status != 200:
-            raise NotYet(f"HTTP {status}")
-
     try:
-        wait_for(healthy, timeout_s=wait_s, what=f"the Prefect server at {api}", interval_s=2)
+        wait_until_ready(api, timeout_s=wait_s, health_path="/health", server="the appliance's Prefect server")
     except WaitTimeout:
         raise fail(f"the appliance's Prefect server does not answer at {api}; start the appliance: make up") from None
     return current
