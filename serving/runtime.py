@@ -13,37 +13,59 @@ from storage.settings import Settings, env_name, get_settings
 
 @dataclass(frozen=True)
 class ServerState:
-    """What a runtime serves: the model version, where from (a bundle or an image), and where."""
+    """What a runtime serves for one model: its version, where from (a bundle or an image), and where."""
 
     pid: int  # 0 in the appliance: the model runs in a container
     model_name: str
     model_version: str
     bundle: str
-    url: str
+    url: str  # the model's own base URL: {serve_url}/models/{model_name}
     started: str
 
 
 class Runtime(Protocol):
-    def current(self) -> ServerState | None:
-        """What serves now; None when nothing does."""
+    """Serves every named model at once, each swapped on its own.
+
+    URL layout, the same in every runtime: ``/`` an index page of the served models,
+    ``/models/NAME/`` a model's Swagger page, ``/models/NAME/predict``, ``/predict_batch``,
+    ``/metadata``, ``/docs.json``; ``/predict`` (and ``/predict_batch``, ``/metadata``,
+    ``/docs.json``) answer for the default model (:func:`default_model`).
+    """
+
+    def served(self) -> list[ServerState]:
+        """Every model serving now, in the order each was first served."""
+        ...
+
+    def current(self, model_name: str) -> ServerState | None:
+        """What serves ``model_name`` now; None when it is not served."""
         ...
 
     def deploy(self, bundle: Path) -> ServerState:
-        """Serve ``bundle`` instead of whatever serves now; on failure the old model keeps (or
-        goes back to) serving. Raises ServingError."""
+        """Serve ``bundle`` as the model its metadata names, beside the other models, replacing
+        that model's served version; on failure that model's old version keeps (or goes back to)
+        serving and no other model is touched. Raises ServingError."""
         ...
 
-    def retire_previous(self) -> None:
-        """After a deploy: stop what served before, once its requests are done."""
+    def retire_previous(self, model_name: str) -> None:
+        """After a deploy of ``model_name``: stop what served it before, once its requests are done."""
         ...
 
-    def stop(self) -> ServerState | None:
-        """Stop serving; returns what served."""
+    def stop(self, model_name: str | None = None) -> list[ServerState]:
+        """Stop serving ``model_name`` (retire it), or every model; returns what served."""
         ...
 
-    def logs(self, *, lines: int = 100) -> str:
-        """The last ``lines`` lines of the model server's log."""
+    def logs(self, *, model_name: str | None = None, lines: int = 100) -> str:
+        """The last ``lines`` lines of the model server's log (``model_name``: the default model)."""
         ...
+
+
+def default_model(settings: Settings, served: list[ServerState]) -> str | None:
+    """The model ``/predict`` answers for: ``ONEBOX_DEFAULT_MODEL`` when it is served, else the
+    first model served; None when nothing serves."""
+    names = [state.model_name for state in served]
+    if settings.default_model in names:
+        return settings.default_model
+    return names[0] if names else None
 
 
 def resolve_runtime(settings: Settings) -> Settings:

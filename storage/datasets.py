@@ -255,6 +255,41 @@ def resolve_dataset(name: str, version: str | None, settings: Settings) -> Datas
     raise DatasetError(f"dataset {name!r} has no version {version!r}; its versions: {versions}")
 
 
+class DatasetImages:
+    """A dataset version's images, read one by one (or a few at a time) as training needs them.
+
+    ``labels`` (int64, one per image, indexes into ``version.classes``) is held in memory; the
+    images are not: :meth:`read` returns one uint8 (C, H, W) array at the version's recorded
+    resolution (``version.image_shape``). Datasets too large for memory are read from disk.
+    """
+
+    def __init__(self, version: DatasetVersion) -> None:
+        import numpy as np
+
+        self.version = version
+        with np.load(version.path / "arrays.npz") as arrays:
+            self._images = arrays["images"]
+            self.labels: np.ndarray = arrays["labels"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int) -> np.ndarray:
+        """Image ``index``: uint8 (C, H, W)."""
+        image: np.ndarray = self._images[index]
+        return image
+
+    def read_many(self, indexes: np.ndarray) -> np.ndarray:
+        """Images ``indexes``: uint8 (len(indexes), C, H, W)."""
+        images: np.ndarray = self._images[indexes]
+        return images
+
+
+def open_images(version: DatasetVersion) -> DatasetImages:
+    """The version's images for reading (training, evaluation, export checks)."""
+    return DatasetImages(version)
+
+
 def load_dataset(version: DatasetVersion) -> LoadedDataset:
     import numpy as np
 

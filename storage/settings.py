@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         default=None, description="MLflow tracking URI; default: SQLite in the home folder."
     )
     model_name: str = Field(default="onebox-classifier", description="Registered model name.")
+    default_model: str | None = Field(
+        default=None, description="The model /predict answers for; default: the first model served."
+    )
     runtime: Literal["auto", "local", "compose"] = Field(
         default="auto",
         description="What runs models: a local process, or the docker compose appliance; auto: compose when it is up.",
