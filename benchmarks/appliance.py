@@ -75,7 +75,7 @@ def measure_swap(settings: Settings, runtime: ComposeRuntime) -> dict[str, Any]:
     with SteadyLoad(settings.serve_url, clients=3, rate_per_client=40) as load:
         time.sleep(2)
         started = time.perf_counter()
-        deploy_and_promote(settings, second.model_version, runtime=runtime)
+        deploy_and_promote(settings, second.model_name, second.model_version, runtime=runtime)
         total = time.perf_counter() - started
         # The new version serves (and is production) before the old color drains and stops.
         retiring = runtime.last_deploy_phases.get("drain_and_stop_old", 0.0)
@@ -88,6 +88,7 @@ def measure_swap(settings: Settings, runtime: ComposeRuntime) -> dict[str, Any]:
     results["swap_answers_by_version"] = dict(load.answers)
     results["swap_failures_sample"] = load.failures[:5]
     results["versions"] = [first.model_version, second.model_version]
+    results["serving_model"] = second.model_name
     results["serving_version"] = second.model_version
     results["serving_run_id"] = second.run_id
     return results

@@ -36,6 +36,7 @@ TRAIN_TARGET_S = 25.0
 QUICK_COMMANDS: dict[str, tuple[tuple[str, ...], float | None]] = {
     "--help": (("--help",), QUICK_TARGET_S),
     "status": (("status",), QUICK_TARGET_S),
+    "models": (("models",), QUICK_TARGET_S),
     "data list": (("data", "list"), QUICK_TARGET_S),
     "train --epochs 0 (an argument error)": (("train", "--epochs", "0"), QUICK_TARGET_S),
     "report nosuchrun": (("report", "nosuchrun"), None),

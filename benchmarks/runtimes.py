@@ -12,7 +12,7 @@ from typing import Any
 from storage.settings import Settings
 
 
-def measure_runtimes(settings: Settings, version: str, torch_model: Path) -> dict[str, Any]:
+def measure_runtimes(settings: Settings, name: str, version: str, torch_model: Path) -> dict[str, Any]:
     import torch
 
     from flows.export import LATENCY_BATCH_SIZES, check_export
@@ -22,7 +22,7 @@ def measure_runtimes(settings: Settings, version: str, torch_model: Path) -> dic
     from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
     from storage.registry import materialize_bundle
 
-    bundle = materialize_bundle(settings, version)
+    bundle = materialize_bundle(settings, name, version)
     metadata = ModelMetadata.read(bundle / "metadata.json")
     channels, height, width = metadata.image_shape
     model = ConvClassifier(channels=channels, height=height, width=width, num_classes=len(metadata.classes))
@@ -40,7 +40,7 @@ def measure_runtimes(settings: Settings, version: str, torch_model: Path) -> dic
             "onnx_speedup": round(torch_ms / onnx_ms, 1),
         }
     return {
-        "model": f"{settings.model_name} v{version}",
+        "model": f"{name} v{version}",
         "torch_threads": torch.get_num_threads(),
         "onnx_threads": 1,
         "batches": rows,

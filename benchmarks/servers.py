@@ -29,13 +29,12 @@ def free_port() -> int:
 
 def isolated_appliance_environment(label: str, home: Path) -> dict[str, str]:
     """ONEBOX_* settings for an appliance of its own beside any other on this machine (the
-    benchmarks' and the tests'): its home, compose project, model name and free ports."""
+    benchmarks' and the tests'): its home, compose project and free ports."""
     suffix = uuid.uuid4().hex[:8]
     return {
         "ONEBOX_HOME": str(home),
         "ONEBOX_RUNTIME": "compose",
         "ONEBOX_COMPOSE_PROJECT": f"onebox-{label}-{suffix}",
-        "ONEBOX_MODEL_NAME": f"{label}-{suffix}",
         "ONEBOX_SERVE_PORT": str(free_port()),
         "ONEBOX_MLFLOW_PORT": str(free_port()),
         "ONEBOX_PREFECT_PORT": str(free_port()),

@@ -142,7 +142,7 @@ def in_process_limit(bundle: Path, png: bytes, *, processes: int, seconds: float
     }
 
 
-def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, Any]:
+def measure_serving(settings: Settings, name: str, version: str, run_id: str) -> dict[str, Any]:
     """Requests/s, p50 and p99 per server and request type at 1, 8 and 64 connections.
 
     All servers run at once and are measured in turns, ROUNDS times per connection count, each
@@ -152,14 +152,14 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
     from storage.registry import materialize_bundle
 
     workers = settings.serve_workers
-    bundle = materialize_bundle(settings, version)
+    bundle = materialize_bundle(settings, name, version)
     wrk = ensure_wrk()
     pixels = digit_pixels(settings)
     bodies = request_bodies(pixels)
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "model": f"{settings.model_name} v{version}",
+        "model": f"{name} v{version}",
         "worker_processes": workers,
         "load_generator": describe(wrk),
         "seconds_per_run": SECONDS,
@@ -185,7 +185,7 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
         commands = {
             "bento": servers.bento_command(ports["bento"]),
             "flask": servers.flask_command(ports["flask"], workers),
-            "mlflow": servers.mlflow_command(ports["mlflow"], workers, f"models:/{settings.model_name}/{version}"),
+            "mlflow": servers.mlflow_command(ports["mlflow"], workers, f"models:/{name}/{version}"),
         }
         probes = {
             "bento": ("/predict", "image"),

@@ -61,12 +61,12 @@ def main() -> int:
         swap_ok = results["swap_requests_failed"] == 0
         results.update(appliance.measure_idle_memory(runtime))
         write("appliance", results)
-        version, run_id = results["serving_version"], results["serving_run_id"]
+        name, version, run_id = results["serving_model"], results["serving_version"], results["serving_run_id"]
 
-        write("serving", serving.measure_serving(settings, version, run_id))
+        write("serving", serving.measure_serving(settings, name, version, run_id))
         with tempfile.TemporaryDirectory(prefix="onebox-bench-torch-") as folder:
             torch_model = serving.write_torch_model(settings, run_id, Path(folder))
-            write("runtimes", {**header, **runtimes.measure_runtimes(settings, version, torch_model)})
+            write("runtimes", {**header, **runtimes.measure_runtimes(settings, name, version, torch_model)})
         write("pipeline", {**header, **pipeline.measure_pipeline(settings)})
     finally:
         _drain_prefect()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from serving.checkout import SOURCE_ROOT
+from storage.names import NAME_PATTERN
 from storage.settings import Settings
 
 WORK_POOL = "onebox"
@@ -138,6 +139,9 @@ def register_all(settings: Settings) -> list[Registered]:
         properties = deployment._parameter_openapi_schema.properties
         for name, label in _field_labels(flow.fn).items():
             properties[name].update(label)
+        if "model" in properties:
+            # The API refuses an unsafe model name before a run exists (the flow's own check, in the schema).
+            properties["model"]["pattern"] = NAME_PATTERN.pattern
         if "dataset" in properties:
             # The form offers the datasets that exist; `onebox data import` registers again.
             properties["dataset"]["enum"] = _dataset_choices(settings)

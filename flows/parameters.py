@@ -14,13 +14,21 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
+
+from storage.names import name_problem
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
 Device = Literal["auto", "cpu", "cuda"]
+
+
+def check_model_name(name: str | None) -> str | None:
+    if name is not None and (problem := name_problem("model", name)):
+        raise ValueError(problem)
+    return name
 
 
 class TrainingParameters(BaseModel):
@@ -34,6 +42,15 @@ class TrainingParameters(BaseModel):
     dataset_version: Annotated[str | None, Field(title="Dataset version", description="Empty: the newest version.")] = (
         None
     )
+    model: Annotated[
+        str | None,
+        AfterValidator(check_model_name),
+        Field(
+            title="Model name",
+            description="The registered model this run trains a version of; empty: the dataset's name. "
+            "A new name is a new model with its own endpoint; lowercase letters, digits, '.', '_', '-'.",
+        ),
+    ] = None
     epochs: Annotated[int, Field(title="Epochs", description="Passes over the training split.", ge=1, le=1000)] = 15
     learning_rate: Annotated[float, Field(title="Learning rate", description="Adam step size.", gt=0, le=1)] = 1e-3
     batch_size: Annotated[int, Field(title="Batch size", description="Images per training step.", ge=1, le=4096)] = 64
@@ -60,12 +77,18 @@ class TrainingParameters(BaseModel):
 
     # The dataset is tracked as the version the run resolved (dataset_name, dataset_version), not
     # as asked: "newest" means something else tomorrow.
-    DATASET_FIELDS: ClassVar[tuple[str, ...]] = ("dataset", "dataset_version")
+    # The model's name is not a hyperparameter either: the registry records it.
+    DATASET_FIELDS: ClassVar[tuple[str, ...]] = ("dataset", "dataset_version", "model")
 
     @classmethod
     def hyperparameter_names(cls) -> tuple[str, ...]:
         """The fields logged as MLflow params under their own names and shown in the report."""
         return tuple(name for name in cls.model_fields if name not in cls.DATASET_FIELDS)
+
+    @property
+    def model_name(self) -> str:
+        """The registered model this run trains: ``model``, or the dataset's name."""
+        return self.model or self.dataset
 
     def hyperparameters(self) -> dict[str, Any]:
         """This run's values of :meth:`hyperparameter_names`, for MLflow."""

@@ -56,9 +56,10 @@ class PipelineResult:
 def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
     """Train, evaluate, export, register and (if better) deploy an image classifier."""
     settings = get_settings()
+    name = parameters.model_name
     train.resolve_device(parameters.device)  # fail before any work when CUDA was asked for and is missing
     data = steps.prepare_data(settings, parameters.dataset, parameters.dataset_version, parameters.seed)
-    run_id = steps.start_mlflow_run(settings, data, parameters.seed)
+    run_id = steps.start_mlflow_run(settings, data, parameters.seed, name)
     failed = True
     try:
         # One slot of the `gpu` limit per training: two runs started together train one after
@@ -78,21 +79,21 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
             model_uri = steps.log_run(
                 settings, run_id, parameters, data, training, evaluation, check, Path(folder) / "model.onnx"
             )
-        version = steps.register(settings, model_uri, run_id, data, evaluation)
-        decision = steps.gate(settings, run_id, version, data, evaluation, parameters.min_improvement)
+        version = steps.register(settings, name, model_uri, run_id, data, evaluation)
+        decision = steps.gate(settings, name, run_id, version, data, evaluation, parameters.min_improvement)
         served_url = None
         if decision.promote and parameters.deploy:
-            served_url = steps.deploy_version(settings, version)
+            served_url = steps.deploy_version(settings, name, version)
         elif decision.promote:
             print(f"version {version} passed the gate; not deployed (deploy is off)")
         tracking.log_outcome(settings, run_id, metrics={"promoted": float(served_url is not None)}, tags={})
-        steps.write_report(settings, run_id, evaluation, decision, served_url)
+        steps.write_report(settings, name, run_id, evaluation, decision, served_url)
         failed = False
     finally:
         tracking.end_run(settings, run_id, failed=failed)
     return PipelineResult(
         run_id=run_id,
-        model_name=settings.model_name,
+        model_name=name,
         model_version=version,
         dataset=f"{data.dataset.name}:{data.dataset.version}",
         test_accuracy=evaluation.accuracy,

@@ -1,8 +1,11 @@
-"""The promotion gate and the deploy that follows it.
+"""The promotion gate and what moves a model's production: deploy, rollback, serve, retire.
 
-A challenger goes to production only if there is none yet, or if it beats production on the
-same test split by at least ``min_improvement`` (accuracy). The ``production`` alias moves last,
-after the new model has answered a prediction through the running server.
+Every model is named, and the gate compares a challenger only with its own model's production.
+A model is bound to its first version's classes and input shape: a challenger that differs is
+refused whatever ``min_improvement`` says (a new task is a new model name with its own endpoint).
+Otherwise it goes to production if there is none yet, or if it beats production on the same test
+split by at least ``min_improvement`` (accuracy). The ``production`` alias moves last, after the
+new model has answered a prediction through the running server.
 """
 
 from __future__ import annotations
@@ -12,14 +15,27 @@ from typing import TYPE_CHECKING
 
 from flows.evaluate import Evaluation, evaluate_probabilities
 from flows.prepare import PreparedData
-from serving.predictor import OnnxPredictor
+from serving.metadata import METADATA_FILE, ModelMetadata
 from serving.runtime import Runtime, runtime_for
-from storage.errors import ModelError
-from storage.registry import PREVIOUS, PRODUCTION, materialize_bundle, move_production_alias, version_by_alias
+from storage.errors import ModelError, ServingError
+from storage.registry import (
+    PREVIOUS,
+    PRODUCTION,
+    RETIRED_TAG,
+    get_version,
+    materialize_bundle,
+    model_binding,
+    move_production_alias,
+    registered_models,
+    set_retired,
+    version_by_alias,
+)
 from storage.settings import Settings
 
 if TYPE_CHECKING:
     from serving.runtime import ServerState
+
+REFUSED = "refused: "
 
 
 @dataclass(frozen=True)
@@ -31,19 +47,48 @@ class GateDecision:
     production_version: str | None = None
     production_accuracy: float | None = None
     production_evaluation: Evaluation | None = None
+    refused: bool = False  # other classes or input shape than the model's first version
 
 
-def evaluate_production(settings: Settings, data: PreparedData) -> tuple[str, Evaluation | None, str]:
-    """Score the production model on this run's test split.
+def binding_refusal(
+    settings: Settings,
+    name: str,
+    challenger_version: str,
+    *,
+    classes: tuple[str, ...],
+    image_shape: tuple[int, ...],
+    dataset: str,
+) -> str:
+    """Why model ``name`` cannot take a challenger of ``classes`` and ``image_shape`` ("" when it can).
+
+    The model's first version binds it; the challenger, registered already, is that version when
+    the model is new. ``dataset`` ("NAME:VERSION") names what the challenger was trained on.
+    """
+    binding = model_binding(settings, name)
+    if binding is None or binding.version == challenger_version:
+        return ""
+    if binding.classes == classes and binding.image_shape == image_shape:
+        return ""
+    return (
+        f"{REFUSED}model {name} is bound by its first version v{binding.version} to {binding.describe()}; "
+        f"{dataset} has {len(classes)} classes ({', '.join(classes)}) and input shape "
+        f"{'x'.join(map(str, image_shape))}: train it under a new model name (--model NEWNAME)"
+    )
+
+
+def evaluate_production(settings: Settings, name: str, data: PreparedData) -> tuple[str, Evaluation | None, str]:
+    """Score model ``name``'s production version on this run's test split.
 
     Returns:
         (version, evaluation, note): evaluation is None when production's classes or input
-        shape differ from this dataset's, so the two cannot be compared.
+        shape differ from this dataset's (a home from before named models), so the two cannot be compared.
     """
-    production = version_by_alias(settings, PRODUCTION)
+    from serving.predictor import OnnxPredictor
+
+    production = version_by_alias(settings, name, PRODUCTION)
     if production is None:
-        return "", None, "no production model yet"
-    predictor = OnnxPredictor.from_directory(materialize_bundle(settings, production.version))
+        return "", None, f"model {name} has no production version yet"
+    predictor = OnnxPredictor.from_directory(materialize_bundle(settings, name, production.version))
     meta = predictor.metadata
     if meta.classes != data.classes or meta.image_shape != data.dataset.image_shape:
         note = (
@@ -63,8 +108,12 @@ def decide_promotion(
     production: Evaluation | None,
     note: str,
     min_improvement: float,
+    refusal: str = "",
 ) -> GateDecision:
+    """The gate: ``refusal`` (from :func:`binding_refusal`) wins over every comparison."""
     accuracy = challenger.accuracy
+    if refusal:
+        return GateDecision(False, refusal, challenger_version, accuracy, production_version or None, refused=True)
     if not production_version:
         return GateDecision(True, f"promoted: {note}; accuracy {accuracy:.4f}", challenger_version, accuracy)
     if production is None:
@@ -86,56 +135,115 @@ def decide_promotion(
     )
 
 
-def deploy_and_promote(settings: Settings, version: str, *, runtime: Runtime | None = None) -> str:
-    """Serve ``version``, check it answers, then point ``production`` at it; returns the serving URL.
+def deploy_and_promote(settings: Settings, name: str, version: str, *, runtime: Runtime | None = None) -> str:
+    """Serve ``version`` of model ``name``, check it answers, then point its ``production`` at it.
 
-    The replaced model is retired only after the alias moved: production always names a model
-    that is serving.
+    Returns the model's URL. The replaced version is retired only after the alias moved:
+    production always names a version that is serving. Other models are not touched.
 
     Raises:
-        ServingError: the new model did not become ready; the alias has not moved.
+        ServingError: the new version did not become ready; the alias has not moved.
     """
     runtime = runtime or runtime_for(settings)
-    state = runtime.deploy(materialize_bundle(settings, version))
-    move_production_alias(settings, version)
-    runtime.retire_previous()
+    state = runtime.deploy(materialize_bundle(settings, name, version))
+    move_production_alias(settings, name, version)
+    set_retired(settings, name, retired=False)  # serving again
+    runtime.retire_previous(name)
     return state.url
 
 
-def rollback(settings: Settings, *, runtime: Runtime | None = None) -> tuple[str, str]:
-    """Serve the ``previous`` version again, then move ``production`` back to it.
+def _check_bound(settings: Settings, name: str, version: str) -> None:
+    """Refuse to serve a version of other classes or shape than the model's first (a legacy home's)."""
+    binding = model_binding(settings, name)
+    metadata = ModelMetadata.read(materialize_bundle(settings, name, version) / METADATA_FILE)
+    if binding is not None and (metadata.classes, metadata.image_shape) != (binding.classes, binding.image_shape):
+        raise ModelError(
+            f"model {name} v{version} answers other classes or takes another input shape than v{binding.version}: "
+            f"it cannot serve as {name}; pick another version (onebox models)"
+        )
+
+
+def rollback(
+    settings: Settings, name: str, *, to: str | None = None, runtime: Runtime | None = None
+) -> tuple[str, str]:
+    """Serve an earlier version of model ``name`` again, then move its ``production`` to it.
+
+    Args:
+        to: any registered version; default: the ``previous`` alias.
 
     Returns:
         (version, url) now serving. ``previous`` then names the version rolled back from.
 
     Raises:
-        ModelError: there is no previous production version.
+        ModelError: no previous version, ``to`` is not registered or is production already.
     """
-    previous = version_by_alias(settings, PREVIOUS)
-    if previous is None:
-        raise ModelError(f"model {settings.model_name} has no previous production version to roll back to")
-    return previous.version, deploy_and_promote(settings, previous.version, runtime=runtime)
+    if to is None:
+        previous = version_by_alias(settings, name, PREVIOUS)
+        if previous is None:
+            raise ModelError(
+                f"model {name} has no previous production version to roll back to; name one with --to VERSION"
+            )
+        to = previous.version
+    get_version(settings, name, to)  # a clear error for a version that does not exist
+    production = version_by_alias(settings, name, PRODUCTION)
+    if production is not None and production.version == to:
+        raise ModelError(f"model {name} v{to} is production already")
+    _check_bound(settings, name, to)
+    return to, deploy_and_promote(settings, name, to, runtime=runtime)
+
+
+def serve_model(settings: Settings, name: str, *, restart: bool = False, runtime: Runtime | None = None) -> ServerState:
+    """Serve model ``name`` at its production version unless it serves it already (or ``restart``).
+
+    Brings a retired model back. A deploy of the same version restarts it. The alias does not move.
+
+    Raises:
+        ModelError: the model has no production version.
+        ServingError: the model did not become ready (what served before still serves).
+    """
+    production = version_by_alias(settings, name, PRODUCTION)
+    if production is None:
+        raise ModelError(f"model {name} has no production version yet; train one with: onebox train --model {name}")
+    runtime = runtime or runtime_for(settings)
+    current = runtime.current(name)
+    set_retired(settings, name, retired=False)
+    if not restart and current is not None and current.model_version == production.version:
+        return current
+    state = runtime.deploy(materialize_bundle(settings, name, production.version))
+    runtime.retire_previous(name)
+    return state
 
 
 def ensure_production_served(
     settings: Settings, *, restart: bool = False, runtime: Runtime | None = None
-) -> ServerState:
-    """Serve the production version unless it already serves (or ``restart``); returns what serves.
+) -> list[ServerState]:
+    """Serve every model that has a production version and is not retired (``onebox up``, ``serve``).
 
-    A deploy of the same version restarts it: stop-start locally, blue/green in the appliance.
-    The alias does not move: it names this version already.
+    Returns what serves them, by name. A model whose server does not become ready raises after the
+    others were tried.
 
     Raises:
-        ModelError: there is no production version yet.
-        ServingError: the model did not become ready (what served before still serves).
+        ServingError: a model did not become ready (what served it before still serves).
     """
-    production = version_by_alias(settings, PRODUCTION)
-    if production is None:
-        raise ModelError("no production model yet; train one with: onebox train")
     runtime = runtime or runtime_for(settings)
-    current = runtime.current()
-    if not restart and current is not None and current.model_version == production.version:
-        return current
-    state = runtime.deploy(materialize_bundle(settings, production.version))
-    runtime.retire_previous()
-    return state
+    served, failures = [], []
+    for model in registered_models(settings):
+        if PRODUCTION not in model.aliases or model.tags.get(RETIRED_TAG) == "true":
+            continue
+        try:
+            served.append(serve_model(settings, model.name, restart=restart, runtime=runtime))
+        except ServingError as error:  # one model failing must not keep the others down
+            failures.append(error)
+    if failures:
+        raise failures[0]
+    return served
+
+
+def retire(settings: Settings, name: str, *, runtime: Runtime | None = None) -> list[ServerState]:
+    """Stop serving model ``name``; its versions and aliases stay, and ``onebox up`` leaves it retired.
+
+    ``onebox serve --model NAME`` (:func:`serve_model`) brings it back at its production version.
+    Returns what served it (empty when nothing did).
+    """
+    set_retired(settings, name, retired=True)  # first: a stop cut short is finished by the next up
+    return (runtime or runtime_for(settings)).stop(name)

@@ -21,12 +21,13 @@ from flows.evaluate import Evaluation, evaluate_probabilities
 from flows.export import LATENCY_BATCH_SIZES
 from flows.parameters import TrainingParameters
 from flows.prepare import Split, split_dataset
-from flows.promote import GateDecision
+from flows.promote import REFUSED, GateDecision
 from flows.run_record import REPORT_FILE, RunRecord, read_run
+from flows.tracking import MODEL_NAME_TAG
 from serving.predictor import OnnxPredictor
 from storage.datasets import load_dataset, resolve_dataset
 from storage.errors import ModelError
-from storage.registry import materialize_bundle
+from storage.registry import LEGACY_MODEL_NAME, materialize_bundle
 from storage.settings import Settings
 
 MAX_MISCLASSIFIED = 32
@@ -39,10 +40,10 @@ def _test_split(settings: Settings, run: RunRecord) -> tuple[Split, tuple[str, .
 
 
 def _score(
-    settings: Settings, version: str, test: Split, classes: tuple[str, ...]
+    settings: Settings, name: str, version: str, test: Split, classes: tuple[str, ...]
 ) -> tuple[Evaluation, np.ndarray] | None:
     """The version's evaluation and probabilities on ``test``; None if its classes or shape differ."""
-    predictor = OnnxPredictor.from_directory(materialize_bundle(settings, version))
+    predictor = OnnxPredictor.from_directory(materialize_bundle(settings, name, version))
     if predictor.metadata.classes != classes or predictor.metadata.image_shape != test.images.shape[1:]:
         return None
     probabilities = predictor.probabilities(test.images)
@@ -58,30 +59,50 @@ def _environment_rows(run: RunRecord) -> list[tuple[str, str]]:
     return [(key.removeprefix("onebox.").replace("_", " "), run.tags.get(key, "unknown")) for key in keys]
 
 
+def run_model_name(run: RunRecord) -> str:
+    """The registered model a run trained a version of (runs from before models were named: the legacy one)."""
+    return run.tags.get(MODEL_NAME_TAG, LEGACY_MODEL_NAME)
+
+
 def build_report(
-    settings: Settings, run_id: str, *, baseline_version: str | None, baseline_label: str = "production"
+    settings: Settings,
+    run_id: str,
+    *,
+    baseline_version: str | None,
+    baseline_label: str = "production",
+    baseline_model: str | None = None,
+    refusal: str = "",
 ) -> str:
     """Render the HTML report of ``run_id``, compared with ``baseline_version`` when given.
 
     Both models are scored on the run's own test split (the dataset version and seed it logged).
+
+    Args:
+        baseline_model: the registered model ``baseline_version`` is a version of; default the run's own.
+        refusal: the gate's reason when it refused the run's model (other classes or input shape
+            than its model's first version): the report says so instead of comparing.
     """
     run = read_run(settings, run_id)
+    name = run_model_name(run)
     test, classes = _test_split(settings, run)
-    challenger_scored = _score(settings, run.model_version, test, classes)
+    challenger_scored = _score(settings, name, run.model_version, test, classes)
     if challenger_scored is None:
         raise ModelError(f"run {run_id}'s model does not match its own dataset")
     challenger, probabilities = challenger_scored
     baseline: Evaluation | None = None
     baseline_note = ""
-    if baseline_version is not None:
-        scored = _score(settings, baseline_version, test, classes)
+    if refusal:
+        baseline_version = None
+        baseline_note = f"Not compared with {name}'s production: {refusal.removeprefix(REFUSED)}"
+    elif baseline_version is not None:
+        scored = _score(settings, baseline_model or name, baseline_version, test, classes)
         if scored is None:
             baseline_note = f"{baseline_label} (v{baseline_version}) has other classes or input shape: not comparable"
         else:
             baseline = scored[0]
     return render_report(
         run,
-        model_name=settings.model_name,
+        model_name=name,
         test=test,
         classes=classes,
         challenger=challenger,
@@ -197,11 +218,11 @@ def mlflow_run_link(settings: Settings, run_id: str) -> str:
 
 
 def summary_markdown(
-    settings: Settings, run_id: str, decision: GateDecision, served_url: str | None, report_uri: str
+    settings: Settings, name: str, run_id: str, decision: GateDecision, served_url: str | None, report_uri: str
 ) -> str:
     """The run's summary for the Prefect UI: metrics, gate decision, what serves, where the report is."""
     lines = [
-        f"# {settings.model_name} v{decision.challenger_version}",
+        f"# {name} v{decision.challenger_version}",
         "",
         f"**Gate:** {decision.reason}",
         "",

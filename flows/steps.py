@@ -37,11 +37,11 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
 
 
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
-def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int) -> str:
-    tags = {"onebox.flow": "training-pipeline"}
+def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int, model_name: str) -> str:
+    tags = {"onebox.flow": "training-pipeline", tracking.MODEL_NAME_TAG: model_name}
     if flow_run.id:
         tags["onebox.prefect_flow_run_id"] = flow_run.id
-    run_id = tracking.start_run(settings, run_name=f"{data.dataset.name}-seed{seed}", tags=tags)
+    run_id = tracking.start_run(settings, run_name=f"{model_name}-seed{seed}", tags=tags)
     print(f"MLflow run {run_id}")
     return run_id
 
@@ -112,24 +112,43 @@ def log_run(
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(
-    settings: Settings, model_uri: str, run_id: str, data: prepare.PreparedData, evaluation: evaluate.Evaluation
+    settings: Settings,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    data: prepare.PreparedData,
+    evaluation: evaluate.Evaluation,
 ) -> str:
-    version = tracking.register_model(settings, model_uri=model_uri, run_id=run_id, data=data, evaluation=evaluation)
+    version = tracking.register_model(
+        settings, name, model_uri=model_uri, run_id=run_id, data=data, evaluation=evaluation
+    )
     tracking.log_outcome(settings, run_id, metrics={}, tags={"onebox.model_version": version})
-    print(f"registered {settings.model_name} version {version}")
+    print(f"registered {name} version {version}")
     return version
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def gate(
     settings: Settings,
+    name: str,
     run_id: str,
     version: str,
     data: prepare.PreparedData,
     evaluation: evaluate.Evaluation,
     min_improvement: float,
 ) -> promote.GateDecision:
-    production_version, production, note = promote.evaluate_production(settings, data)
+    dataset = data.dataset
+    refusal = promote.binding_refusal(
+        settings,
+        name,
+        version,
+        classes=dataset.classes,
+        image_shape=dataset.image_shape,
+        dataset=f"{dataset.name}:{dataset.version}",
+    )
+    production_version, production, note = "", None, ""
+    if not refusal:  # a refused challenger is not scored against production: it is another task
+        production_version, production, note = promote.evaluate_production(settings, name, data)
     if production is not None:
         tracking.log_outcome(
             settings,
@@ -144,13 +163,14 @@ def gate(
         production=production,
         note=note,
         min_improvement=min_improvement,
+        refusal=refusal,
     )
     tracking.log_outcome(
         settings,
         run_id,
         metrics={},
         tags={
-            "onebox.gate": "passed" if decision.promote else "kept-production",
+            "onebox.gate": "passed" if decision.promote else "refused" if decision.refused else "kept-production",
             "onebox.gate_reason": decision.reason,
         },
     )
@@ -161,30 +181,32 @@ def gate(
 @task(name="report", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def write_report(
     settings: Settings,
+    name: str,
     run_id: str,
     evaluation: evaluate.Evaluation,
     decision: promote.GateDecision,
     served_url: str | None,
 ) -> str:
-    baseline = decision.production_version if decision.production_evaluation is not None else None
-    html = report.build_report(settings, run_id, baseline_version=baseline)
+    # The model's own production, also when it cannot be scored on this split (the report says why).
+    refusal = decision.reason if decision.refused else ""
+    html = report.build_report(settings, run_id, baseline_version=decision.production_version, refusal=refusal)
     uri = report.log_report(settings, run_id, html)
     create_markdown_artifact(
         key="training-summary",
-        markdown=report.summary_markdown(settings, run_id, decision, served_url, uri),
-        description=f"{settings.model_name} v{decision.challenger_version}: {decision.reason}",
+        markdown=report.summary_markdown(settings, name, run_id, decision, served_url, uri),
+        description=f"{name} v{decision.challenger_version}: {decision.reason}",
     )
     create_table_artifact(
         key="training-metrics",
         table=report.metrics_table(evaluation, decision.production_evaluation),
-        description=f"{settings.model_name} v{decision.challenger_version} vs production, same test split",
+        description=f"{name} v{decision.challenger_version} vs its production, same test split",
     )
     print(f"evaluation report: {uri}")
     return uri
 
 
 @task(name="deploy-and-promote", cache_policy=NO_CACHE)
-def deploy_version(settings: Settings, version: str) -> str:
-    url = promote.deploy_and_promote(settings, version)
-    print(f"version {version} serves at {url} and is now production")
+def deploy_version(settings: Settings, name: str, version: str) -> str:
+    url = promote.deploy_and_promote(settings, name, version)
+    print(f"{name} version {version} serves at {url} and is now production")
     return url

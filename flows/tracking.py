@@ -6,6 +6,7 @@ import json
 import tempfile
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from flows.evaluate import Evaluation
 from flows.export import ExportCheck
 from flows.prepare import PreparedData
 from flows.train import TrainingResult
-from storage.registry import MODEL_CARD, configure_mlflow
+from storage.registry import MODEL_CARD, binding_tags, configure_mlflow
 from storage.settings import Settings
 
+MODEL_NAME_TAG = "onebox.model_name"  # run tag: the registered model the run trains a version of
 TORCH_MODEL = "torch-model"
 ONNX_MODEL = "onnx-model"
 
@@ -117,6 +119,7 @@ def log_training(
         "classes": list(dataset.classes),
         "image_shape": list(dataset.image_shape),
         "metrics": {"test_accuracy": evaluation.accuracy, "test_macro_f1": evaluation.macro_f1},
+        "trained": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with tempfile.TemporaryDirectory() as folder:
         card_path = Path(folder) / MODEL_CARD
@@ -168,19 +171,24 @@ def log_training(
 
 
 def register_model(
-    settings: Settings, *, model_uri: str, run_id: str, data: PreparedData, evaluation: Evaluation
+    settings: Settings, name: str, *, model_uri: str, run_id: str, data: PreparedData, evaluation: Evaluation
 ) -> str:
-    """Create a registered model version from the logged ONNX model; returns its version number."""
+    """Create a version of registered model ``name`` (made on first use) from the logged ONNX model.
+
+    Its tags record what it answers and takes (the first version's bind the model: the gate reads
+    them), its dataset and its test accuracy (``onebox models`` lists them). Returns the version number.
+    """
     import mlflow
 
     configure_mlflow(settings)
     registered = mlflow.register_model(
         model_uri,
-        settings.model_name,
+        name,
         tags={
             "dataset": f"{data.dataset.name}:{data.dataset.version}",
             "test_accuracy": f"{evaluation.accuracy:.4f}",
             "run_id": run_id,
+            **binding_tags(data.classes, data.dataset.image_shape),
         },
     )
     return str(registered.version)

@@ -22,7 +22,7 @@ from serving.appliance_state import COLORS, ApplianceState, Color, other_color, 
 from serving.compose_cli import run_compose
 from serving.docker_client import project_container, project_network
 from serving.health import STARTUP_FAILED_MARKER, smoke_predict
-from serving.image_builds import build_appliance_images, build_model_image, build_worker_image
+from serving.image_builds import build_appliance_images, build_model_image, build_worker_image, model_of_image
 from serving.metadata import ModelMetadata
 from serving.runtime import ServerState
 from serving.waiting import NotYet, wait_for
@@ -174,11 +174,12 @@ class ComposeRuntime:
         container = self._container(model_service(state.live_color))
         if container is None or container.status != "running":
             return None
-        image = state.image(state.live_color)  # onebox/model:NAME-vVERSION
+        image = state.image(state.live_color)  # onebox/model:PROJECT.NAME-vVERSION
+        model_name, model_version = model_of_image(self.settings, image)
         return ServerState(
             pid=0,
-            model_name=self.settings.model_name,
-            model_version=image.rsplit("-v", 1)[-1],
+            model_name=model_name,
+            model_version=model_version,
             bundle=image,
             url=self.settings.serve_url,
             started=container.attrs["State"].get("StartedAt", ""),

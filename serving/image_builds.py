@@ -187,13 +187,20 @@ def build_worker_image(settings: Settings) -> str:
     return _python_image(settings, "worker", "worker", base, {}, offline=base == BOOTSTRAP_WORKER_IMAGE)
 
 
-def model_image_tag(settings: Settings, version: str) -> str:
-    return f"onebox/model:{settings.model_name}-v{version}"
+def model_image_tag(settings: Settings, model_name: str, version: str) -> str:
+    """``onebox/model:PROJECT.NAME-vVERSION``: the compose project keeps appliances side by side apart."""
+    return f"onebox/model:{settings.compose_project}.{model_name}-v{version}"
+
+
+def model_of_image(settings: Settings, image: str) -> tuple[str, str]:
+    """(model name, version) of a model image tag (a tag from before named models has no project)."""
+    name, version = image.split(":", 1)[-1].rsplit("-v", 1)
+    return name.removeprefix(f"{settings.compose_project}."), version
 
 
 def remove_model_images(settings: Settings) -> int:
-    """Delete every model image of ``settings.model_name``; returns how many went."""
-    prefix = f"onebox/model:{settings.model_name}-v"
+    """Delete every model image of this appliance (its compose project); returns how many went."""
+    prefix = f"onebox/model:{settings.compose_project}."
     client = docker_client()
     doomed = [
         image for image in client.images.list(name="onebox/model") if any(t.startswith(prefix) for t in image.tags)
@@ -211,7 +218,7 @@ def build_model_image(settings: Settings, bundle: Path, metadata: ModelMetadata)
     context = _fresh_context(settings, "model")
     shutil.copy2(COMPOSE_DIR / "model" / "Dockerfile", context / "Dockerfile")
     shutil.copytree(bundle, context / "bundle")
-    tag = model_image_tag(settings, metadata.model_version)
+    tag = model_image_tag(settings, metadata.model_name, metadata.model_version)
     # No LABEL step: each build step is a container commit, seconds on fuse-overlayfs, and the
     # tag already names the model and version.
     build_image(context, tag, {"RUNTIME_IMAGE": runtime})

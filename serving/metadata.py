@@ -29,6 +29,7 @@ class ModelMetadata:
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]  # channels, height, width
     metrics: dict[str, float] = field(default_factory=dict)
+    trained: str = ""  # ISO time of the training run's registration; "" in bundles from before it was kept
 
     @classmethod
     def read(cls, path: Path) -> ModelMetadata:

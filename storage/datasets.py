@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.errors import DatasetError
+from storage.names import name_problem
 from storage.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 BUILTIN_DATASET = "digits"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CATALOG_TABLE = "dataset_versions"
 
 
@@ -154,11 +153,8 @@ def import_image_folder(source: Path, *, name: str, settings: Settings) -> Datas
     Raises:
         DatasetError: the name, the folder or any image in it is not usable.
     """
-    if not NAME_PATTERN.match(name):
-        raise DatasetError(
-            f"dataset name {name!r} is not valid: use 1-64 lowercase letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
-        )
+    if problem := name_problem("dataset", name):
+        raise DatasetError(problem)
     source = source.expanduser().resolve()
     files = _find_files(source)
     version = _content_version(source, files)

@@ -1,17 +1,18 @@
 """Quick reads of MLflow's store that do not import MLflow (importing it takes seconds).
 
-``onebox status`` needs the production version and ``onebox report RUN`` must say at once when
-RUN does not exist; both are one look-up. For a tracking server that is one call of MLflow's
-REST API; for the local SQLite store, a read-only query of the registry's tables, which never
-creates the database. Any other store, or a schema this code does not know (a newer MLflow),
-raises :class:`NotPeekable` and the caller asks MLflow itself; tests/storage/test_mlflow_peek.py
-checks that both agree on a real store.
+``onebox status`` and ``onebox models`` need the registered models and their production
+versions, and ``onebox report RUN`` must say at once when RUN does not exist: a few look-ups.
+For a tracking server those are calls of MLflow's REST API; for the local SQLite store,
+read-only queries of the registry's tables, which never create the database. Any other store,
+or a schema this code does not know (a newer MLflow), raises :class:`NotPeekable` and the
+caller asks MLflow itself; tests/storage/test_mlflow_peek.py checks that both agree on a real store.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +36,8 @@ class StoreUnreachableError(ModelError):
     """The tracking server did not answer; the message is one line naming its URI."""
 
 
-def alias_version(settings: Settings, alias: str) -> RegisteredVersion | None:
-    """The version ``alias`` of the configured model points at; None when the model or alias does not exist.
+def alias_version(settings: Settings, name: str, alias: str) -> RegisteredVersion | None:
+    """The version ``alias`` of model ``name`` points at; None when the model or alias does not exist.
 
     Raises:
         NotPeekable: the store is neither SQLite nor HTTP(S), or its schema is not the one known here.
@@ -44,7 +45,7 @@ def alias_version(settings: Settings, alias: str) -> RegisteredVersion | None:
     """
     from storage.registry import RegisteredVersion
 
-    uri, name = settings.mlflow_tracking_uri, settings.model_name
+    uri = settings.mlflow_tracking_uri
     if uri.startswith(("http://", "https://")):
         found = _rest_get(uri, "registered-models/alias", {"name": name, "alias": alias})
         if found is None:
@@ -62,6 +63,68 @@ def alias_version(settings: Settings, alias: str) -> RegisteredVersion | None:
         return None
     version, run_id, source = row
     return RegisteredVersion(name, str(version), run_id or "", source or "")
+
+
+@dataclass(frozen=True)
+class PeekedModel:
+    """A registered model as ``onebox models`` lists it: its aliases, tags, and its production version's tags."""
+
+    name: str
+    aliases: dict[str, str]  # alias -> version
+    tags: dict[str, str]
+    production_tags: dict[str, str] = field(default_factory=dict)
+
+
+def registered_models(settings: Settings, *, production_alias: str = "production") -> list[PeekedModel]:
+    """Every registered model, by name, with its aliases and tags, and the tags of the version
+    ``production_alias`` names (dataset, test accuracy); an empty list before the first model.
+
+    Raises:
+        NotPeekable: the store is neither SQLite nor HTTP(S), or its schema is not the one known here.
+        StoreUnreachableError: a tracking server did not answer.
+    """
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return _rest_models(uri, production_alias)
+    names = [row[0] for row in _sqlite_rows(uri, "SELECT name FROM registered_models WHERE workspace = ?", ())]
+    models = []
+    for name in sorted(names):
+        aliases = _sqlite_rows(
+            uri,
+            "SELECT a.alias, a.version FROM registered_model_aliases AS a JOIN model_versions AS v "
+            "ON v.workspace = a.workspace AND v.name = a.name AND v.version = a.version "
+            "WHERE a.workspace = ? AND a.name = ? AND v.current_stage IS NOT ?",
+            (name, DELETED_STAGE),
+        )
+        tags = _sqlite_rows(
+            uri, 'SELECT "key", value FROM registered_model_tags WHERE workspace = ? AND name = ?', (name,)
+        )
+        by_alias = {alias: str(version) for alias, version in aliases}
+        production_tags: list[tuple[Any, ...]] = []
+        if production_alias in by_alias:
+            production_tags = _sqlite_rows(
+                uri,
+                'SELECT "key", value FROM model_version_tags WHERE workspace = ? AND name = ? AND version = ?',
+                (name, by_alias[production_alias]),
+            )
+        models.append(PeekedModel(name, by_alias, dict(tags), dict(production_tags)))
+    return models
+
+
+def _rest_models(uri: str, production_alias: str) -> list[PeekedModel]:
+    found = _rest_get(uri, "registered-models/search", {"max_results": "1000"}) or {}
+    models = []
+    for model in found.get("registered_models", []):
+        aliases = {entry["alias"]: str(entry["version"]) for entry in model.get("aliases", [])}
+        tags = {entry["key"]: entry.get("value", "") for entry in model.get("tags", [])}
+        production_tags: dict[str, str] = {}
+        if production_alias in aliases:
+            asked = {"name": model["name"], "version": aliases[production_alias]}
+            version = _rest_get(uri, "model-versions/get", asked)
+            entries = (version or {}).get("model_version", {}).get("tags", [])
+            production_tags = {entry["key"]: entry.get("value", "") for entry in entries}
+        models.append(PeekedModel(model["name"], aliases, tags, production_tags))
+    return sorted(models, key=lambda model: model.name)
 
 
 def run_exists(settings: Settings, run_id: str) -> bool:
@@ -98,6 +161,18 @@ def _sqlite_query(uri: str, query: str, parameters: tuple[str, ...]) -> tuple[An
     except sqlite3.Error as error:  # no such table or column: a schema this code does not know
         raise NotPeekable(f"{uri}: {error}") from error
     return row
+
+
+def _sqlite_rows(uri: str, query: str, parameters: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Every row ``query`` finds in the default workspace (its first parameter); none without a database."""
+    path = _sqlite_path(uri)
+    if not path.is_file():
+        return []
+    try:
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=TIMEOUT_S) as connection:
+            return connection.execute(query, (DEFAULT_WORKSPACE, *parameters)).fetchall()
+    except sqlite3.Error as error:
+        raise NotPeekable(f"{uri}: {error}") from error
 
 
 def _rest_get(uri: str, endpoint: str, parameters: dict[str, str]) -> dict[str, Any] | None:

@@ -1,7 +1,10 @@
 """MLflow access: the tracking store, the model registry and its aliases, served-model bundles.
 
-The alias ``production`` is the single source of truth for what serves; ``previous`` remembers
-what it pointed at before, for rollback.
+Every model is named (``onebox train --model NAME``) and every function here takes that name.
+Per model, the alias ``production`` is the single source of truth for what serves; ``previous``
+remembers what it pointed at before, for rollback; the tag ``onebox.retired`` marks a model taken
+out of service. A model is bound to its first version's classes and input shape
+(:func:`model_binding`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,23 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import ModelError
 from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from storage.mlflow_peek import PeekedModel
 
 EXPERIMENT_NAME = "onebox"
 PRODUCTION = "production"
 PREVIOUS = "previous"
 MODEL_CARD = "model_card.json"  # run artifact: classes, image shape, lineage, metrics
+# Models registered before models were named (one for everything); such a home keeps serving it.
+LEGACY_MODEL_NAME = "onebox-classifier"
+RETIRED_TAG = "onebox.retired"  # registered-model tag: "true" while retired
+CLASSES_TAG = "onebox.classes"  # version tags: what the version answers and takes
+IMAGE_SHAPE_TAG = "onebox.image_shape"
 
 
 @dataclass(frozen=True)
@@ -61,19 +73,23 @@ def _client(settings: Settings):  # type: ignore[no-untyped-def]
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
-def version_by_alias(settings: Settings, alias: str) -> RegisteredVersion | None:
-    """The version an alias points at, or None when the model or the alias does not exist."""
+def _found(name: str, found: Any) -> RegisteredVersion:
+    return RegisteredVersion(name, str(found.version), found.run_id or "", found.source or "")
+
+
+def version_by_alias(settings: Settings, name: str, alias: str) -> RegisteredVersion | None:
+    """The version of model ``name`` an alias points at; None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     client = _client(settings)
     try:
-        found = client.get_model_version_by_alias(settings.model_name, alias)
+        found = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return RegisteredVersion(settings.model_name, str(found.version), found.run_id, found.source)
+    return _found(name, found)
 
 
-def peek_alias(settings: Settings, alias: str) -> RegisteredVersion | None:
+def peek_alias(settings: Settings, name: str, alias: str) -> RegisteredVersion | None:
     """:func:`version_by_alias` without importing MLflow where the store allows it (SQLite, HTTP).
 
     Seconds faster, and it creates nothing: on a fresh home there is no database yet, and
@@ -85,59 +101,123 @@ def peek_alias(settings: Settings, alias: str) -> RegisteredVersion | None:
     from storage import mlflow_peek
 
     try:
-        return mlflow_peek.alias_version(settings, alias)
+        return mlflow_peek.alias_version(settings, name, alias)
     except mlflow_peek.NotPeekable:
-        return version_by_alias(settings, alias)
+        return version_by_alias(settings, name, alias)
 
 
-def get_version(settings: Settings, version: str) -> RegisteredVersion:
+def get_version(settings: Settings, name: str, version: str) -> RegisteredVersion:
     """Raises: ModelError when the version is not registered."""
     from mlflow.exceptions import MlflowException
 
     try:
-        found = _client(settings).get_model_version(settings.model_name, version)
+        found = _client(settings).get_model_version(name, version)
     except MlflowException as error:
-        raise ModelError(f"model {settings.model_name} has no version {version!r}") from error
-    return RegisteredVersion(settings.model_name, str(found.version), found.run_id, found.source)
+        raise ModelError(f"model {name} has no version {version!r}; see its versions in: onebox models") from error
+    return _found(name, found)
 
 
-def count_versions(settings: Settings) -> int:
-    """How many versions of the model are registered (0 before the first)."""
-    return len(_client(settings).search_model_versions(f"name = '{settings.model_name}'"))
+def list_versions(settings: Settings, name: str) -> list[RegisteredVersion]:
+    """Every registered version of model ``name``, oldest first (empty for an unknown model)."""
+    found = _client(settings).search_model_versions(f"name = '{name}'")
+    return sorted((_found(name, version) for version in found), key=lambda v: int(v.version))
 
 
-def move_production_alias(settings: Settings, version: str) -> None:
-    """Point ``production`` at ``version``; ``previous`` keeps what it pointed at before."""
+def count_versions(settings: Settings, name: str) -> int:
+    """How many versions of model ``name`` are registered (0 before the first)."""
+    return len(list_versions(settings, name))
+
+
+def model_names(settings: Settings) -> list[str]:
+    """Every registered model, by name (MLflow's answer; :mod:`storage.mlflow_peek` is the quick one)."""
+    return sorted(model.name for model in _client(settings).search_registered_models())
+
+
+def move_production_alias(settings: Settings, name: str, version: str) -> None:
+    """Point ``production`` of model ``name`` at ``version``; ``previous`` keeps what it pointed at before."""
     client = _client(settings)
-    current = version_by_alias(settings, PRODUCTION)
+    current = version_by_alias(settings, name, PRODUCTION)
     if current is not None and current.version != version:
-        client.set_registered_model_alias(settings.model_name, PREVIOUS, current.version)
-    client.set_registered_model_alias(settings.model_name, PRODUCTION, version)
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_registered_model_alias(name, PRODUCTION, version)
 
 
-def bundle_dir(settings: Settings, version: str) -> Path:
-    return settings.models_dir / settings.model_name / version
+def set_retired(settings: Settings, name: str, *, retired: bool) -> None:
+    """Mark model ``name`` retired (not served, not brought back by ``onebox up``) or not.
+
+    Kept in the registry, beside the aliases, so every runtime and every home reads the same.
+    """
+    client = _client(settings)
+    if retired:
+        client.set_registered_model_tag(name, RETIRED_TAG, "true")
+    elif RETIRED_TAG in client.get_registered_model(name).tags:
+        client.delete_registered_model_tag(name, RETIRED_TAG)
 
 
-def materialize_bundle(settings: Settings, version: str) -> Path:
+@dataclass(frozen=True)
+class ModelBinding:
+    """What a model is bound to by its first version: the classes it answers and the input it takes."""
+
+    version: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{len(self.classes)} classes ({', '.join(self.classes)}) and input shape {_shape(self.image_shape)}"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def binding_tags(classes: tuple[str, ...], image_shape: tuple[int, ...]) -> dict[str, str]:
+    """The version tags that record what a version answers and takes (read back by :func:`model_binding`)."""
+    return {CLASSES_TAG: json.dumps(list(classes)), IMAGE_SHAPE_TAG: _shape(image_shape)}
+
+
+def model_binding(settings: Settings, name: str) -> ModelBinding | None:
+    """What model ``name``'s first registered version answers and takes; None for a model with no version.
+
+    Versions registered before bindings were tagged are read from their run's model card.
+    """
+    versions = list_versions(settings, name)
+    if not versions:
+        return None
+    first = versions[0]
+    tags = _client(settings).get_model_version(name, first.version).tags
+    if CLASSES_TAG in tags and IMAGE_SHAPE_TAG in tags:
+        classes = tuple(json.loads(tags[CLASSES_TAG]))
+        shape = tuple(int(size) for size in tags[IMAGE_SHAPE_TAG].split("x"))
+        return ModelBinding(first.version, classes, shape)
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        card_path = mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path=MODEL_CARD, dst_path=folder)
+        card = json.loads(Path(card_path).read_text())
+    return ModelBinding(first.version, tuple(card["classes"]), tuple(int(size) for size in card["image_shape"]))
+
+
+def bundle_dir(settings: Settings, name: str, version: str) -> Path:
+    return settings.models_dir / name / version
+
+
+def materialize_bundle(settings: Settings, name: str, version: str) -> Path:
     """The served-model folder of a registered version (model.onnx + metadata.json).
 
     Built from the registry the first time, so any registered version can be served again
     on a machine that only has the MLflow store.
     """
-    target = bundle_dir(settings, version)
+    target = bundle_dir(settings, name, version)
     if (target / "metadata.json").is_file():
         return target
     import mlflow
 
-    registered = get_version(settings, version)
+    registered = get_version(settings, name, version)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".bundle-") as staging_name:
         staging = Path(staging_name)
         model_dir = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=str(staging / "m")
-            )
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(staging / "m"))
         )
         onnx_files = sorted(model_dir.rglob("*.onnx"))
         if not onnx_files:
@@ -149,9 +229,55 @@ def materialize_bundle(settings: Settings, version: str) -> Path:
         final = staging / "bundle"
         final.mkdir()
         shutil.copyfile(onnx_files[0], final / "model.onnx")
-        metadata = {**card, "model_name": settings.model_name, "model_version": version, "run_id": registered.run_id}
+        metadata = {**card, "model_name": name, "model_version": version, "run_id": registered.run_id}
         (final / "metadata.json").write_text(json.dumps(metadata, indent=2))
         if target.exists():
             shutil.rmtree(target)
         final.rename(target)
     return target
+
+
+def registered_models(settings: Settings) -> list[PeekedModel]:
+    """Every registered model with its aliases, tags and production version's tags, by name.
+
+    Read without importing MLflow where the store allows it (``onebox models`` stays quick).
+    """
+    from storage import mlflow_peek
+
+    try:
+        return mlflow_peek.registered_models(settings, production_alias=PRODUCTION)
+    except mlflow_peek.NotPeekable:
+        pass
+    client = _client(settings)
+    models = []
+    for model in client.search_registered_models():
+        aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
+        production_tags = {}
+        if PRODUCTION in aliases:
+            production_tags = dict(client.get_model_version(model.name, aliases[PRODUCTION]).tags)
+        models.append(mlflow_peek.PeekedModel(model.name, aliases, dict(model.tags or {}), production_tags))
+    return sorted(models, key=lambda model: model.name)
+
+
+def unknown_model_error(name: str, known: list[str]) -> ModelError:
+    """The one-line error for a model name nothing is registered under, listing the known ones."""
+    listed = ", ".join(known) if known else "none yet (train one: onebox train --model NAME)"
+    return ModelError(f"unknown model {name!r}; known models: {listed}")
+
+
+def resolve_model(settings: Settings, name: str | None) -> str:
+    """The registered model ``name``, or when None the only one there is.
+
+    Raises:
+        ModelError: ``name`` is not registered, or it is None and there are several models (or none).
+    """
+    known = [model.name for model in registered_models(settings)]
+    if name is None:
+        if len(known) == 1:
+            return known[0]
+        if not known:
+            raise ModelError("no model is registered yet; train one with: onebox train --model NAME")
+        raise ModelError(f"there are {len(known)} models ({', '.join(known)}): say which one with --model NAME")
+    if name not in known:
+        raise unknown_model_error(name, known)
+    return name

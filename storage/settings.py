@@ -26,7 +26,6 @@ class Settings(BaseSettings):
     tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default: SQLite in the home folder."
     )
-    model_name: str = Field(default="onebox-classifier", description="Registered model name.")
     default_model: str | None = Field(
         default=None, description="The model /predict answers for; default: the first model served."
     )

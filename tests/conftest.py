@@ -85,7 +85,7 @@ def png_bytes(pixels: np.ndarray, *, format: str = "PNG") -> bytes:
 
 @contextlib.contextmanager
 def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """An environment for one appliance of its own: home, compose project, ports and model name.
+    """An environment for one appliance of its own: home, compose project and ports.
 
     The caller brings the stack up (``ComposeRuntime.up`` or ``onebox up``); leaving the block
     takes it down with its volumes and model images. Prefect calls in this process go to the

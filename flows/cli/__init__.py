@@ -1,7 +1,7 @@
 """The ``onebox`` command: train, serve, inspect and manage datasets from a terminal.
 
-Commands live by what they own: ``training`` (train, demo, report), ``models`` (serve, stop,
-status, rollback), ``appliance`` (up, down, register, worker, logs) and ``data`` (import, list).
+Commands live by what they own: ``training`` (train, demo, report), ``models`` (models, serve,
+retire, stop, status, rollback), ``appliance`` (up, down, register, worker, logs) and ``data`` (import, list).
 Heavy libraries (torch, Prefect, MLflow) are imported inside the commands that need them, after
 the process environment is prepared, so ``onebox --help`` and ``onebox status`` stay quick.
 """

@@ -134,7 +134,7 @@ def _train_on_worker(current: Settings, parameters: TrainingParameters, workers:
     run_id = remote.mlflow_run_for(current, flow_run_id)
     if run_id is None:
         raise fail(f"flow run {name} completed but no MLflow run carries its id")
-    print_summary(RunSummary.from_record(read_run(current, run_id), model_name=current.model_name))
+    print_summary(RunSummary.from_record(read_run(current, run_id), model_name=parameters.model_name))
 
 
 EPOCHS = TrainingParameters.model_fields["epochs"]
@@ -144,19 +144,18 @@ EPOCHS = TrainingParameters.model_fields["epochs"]
 def demo(epochs: Annotated[int, _option("epochs", EPOCHS)[0]] = EPOCHS.default) -> None:
     """Train on the bundled digits, register, gate against production and serve on 127.0.0.1."""
     from flows.prefect_server import LocalPrefectServer
-    from flows.promote import ensure_production_served
-    from storage.registry import PRODUCTION, count_versions, version_by_alias
+    from flows.promote import serve_model
+    from storage.datasets import BUILTIN_DATASET
+    from storage.registry import count_versions
 
     current = settings()
     # Each demo run trains a new challenger: a new seed gives a new split and new weights.
-    result = run_pipeline(TrainingParameters(dataset="digits", epochs=epochs, seed=count_versions(current)))
+    seed = count_versions(current, BUILTIN_DATASET)
+    result = run_pipeline(TrainingParameters(dataset=BUILTIN_DATASET, epochs=epochs, seed=seed))
     print_summary(result.summary, ("MLflow store", current.mlflow_tracking_uri))
-    state = ensure_production_served(current)
-    production = version_by_alias(current, PRODUCTION)
+    state = serve_model(current, result.model_name)
     console.print()
-    console.print(
-        f"[bold green]Model {current.model_name} v{production.version if production else '?'} serves at {state.url}[/]"
-    )
+    console.print(f"[bold green]Model {state.model_name} v{state.model_version} serves at {state.url}[/]")
     console.print(f"  Swagger UI:  {state.url}/   (upload an image to /predict)")
     console.print(f"  metadata:    {state.url}/metadata")
     console.print(f"  report:      .venv/bin/onebox report --open   (run {result.run_id})")
@@ -183,13 +182,19 @@ def report(
 
     current = settings()
     require_runs(current, [run_id] if compare is None else list(compare))  # before MLflow's import
-    from flows.report import build_report
+    from flows.report import build_report, run_model_name
     from flows.run_record import fetch_report, latest_run_with_report, read_run
 
     if compare is not None:
         first, second = compare
-        baseline = read_run(current, second).model_version
-        html = build_report(current, first, baseline_version=baseline, baseline_label=f"run {second[:8]}")
+        other = read_run(current, second)
+        html = build_report(
+            current,
+            first,
+            baseline_version=other.model_version,
+            baseline_label=f"run {second[:8]}",
+            baseline_model=run_model_name(other),
+        )
         target = current.home / "reports" / f"compare-{first}-{second}.html"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(html)

@@ -26,7 +26,7 @@ def test_flask_baseline_answers_like_the_served_model(
     from benchmarks.serving import write_torch_model
 
     settings, result = trained.settings, trained.result
-    bundle = materialize_bundle(settings, result.model_version)
+    bundle = materialize_bundle(settings, "digits", result.model_version)
     monkeypatch.setenv("BASELINE_MODEL", str(write_torch_model(settings, result.run_id, tmp_path)))
     monkeypatch.setenv("BASELINE_METADATA", str(bundle / "metadata.json"))
     sys.modules.pop("benchmarks.baselines.flask_app", None)

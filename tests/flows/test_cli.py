@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 
 from benchmarks.servers import free_port
+from serving.local import LocalRuntime
 from storage.settings import Settings
 
 ONEBOX = str(Path(sys.executable).with_name("onebox"))
+# TODO(after the merge): helper "serve" makes LocalRuntime serve many named models (served(),
+# current(name)); the commands that list what serves need it, and these tests run by themselves then.
+needs_multi_model_runtime = pytest.mark.skipif(
+    not hasattr(LocalRuntime, "served"), reason="LocalRuntime does not implement the multi-model Runtime yet"
+)
 
 
 def onebox(settings: Settings, *args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
@@ -77,6 +83,10 @@ def test_an_mlflow_server_that_does_not_answer_is_one_line(settings: Settings) -
         ("--device", "gpu", "should be 'auto', 'cpu' or 'cuda'"),
         ("--seed", str(2**31), "less than or equal to 2147483647"),
         ("--dataset", "", "at least 1 character"),
+        ("--model", "Digits", "model name 'Digits' is not valid"),  # upper case
+        ("--model", "../etc", "model name '../etc' is not valid"),  # path characters
+        ("--model", "my model", "model name 'my model' is not valid"),  # a space
+        ("--model", "m" * 65, "is not valid: use 1-64 lowercase letters"),  # too long
     ],
 )
 def test_a_bad_training_parameter_is_a_usage_error_before_anything_starts(
@@ -105,6 +115,7 @@ def test_train_help_lists_every_parameter_with_its_limits(settings: Settings) ->
     assert "--here" in words
 
 
+@needs_multi_model_runtime
 def test_data_import_list_and_status(settings: Settings, tmp_path: Path) -> None:
     from tests.storage.test_datasets import make_folder
 
@@ -114,4 +125,64 @@ def test_data_import_list_and_status(settings: Settings, tmp_path: Path) -> None
     assert [(d["name"], d["num_images"]) for d in listed] == [("parts", 6)]
     status = json.loads(onebox(settings, "status", "--json").stdout)
     assert status["serving"] is False
-    assert status["production_version"] is None
+    assert status["models"] == []
+    assert status["default_model"] is None
+
+
+def two_models(settings: Settings) -> None:
+    """A registry with the models digits (v1-2, production v2) and parts (v1, production v1, retired)."""
+    from mlflow import MlflowClient
+
+    from storage.registry import RETIRED_TAG
+    from tests.storage.test_mlflow_peek import register
+
+    register(settings, versions=2, alias_on=2, name="digits")
+    register(settings, versions=1, alias_on=1, name="parts")
+    client = MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    client.set_model_version_tag("digits", "2", "dataset", "digits:abc")
+    client.set_model_version_tag("digits", "2", "test_accuracy", "0.9500")
+    client.set_registered_model_tag("parts", RETIRED_TAG, "true")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("rollback", "--model", "nope"), ("retire", "nope"), ("serve", "--model", "nope"), ("rollback", "-m", "Nope")],
+)
+def test_an_unknown_model_is_one_line_listing_the_known_ones(settings: Settings, args: tuple[str, ...]) -> None:
+    two_models(settings)
+    done = onebox(settings, *args, columns=200)
+    assert done.returncode == 1, done.stderr
+    assert f"error: unknown model '{args[-1]}'; known models: digits, parts" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_rollback_asks_which_model_when_there_are_several(settings: Settings) -> None:
+    two_models(settings)
+    done = onebox(settings, "rollback", columns=200)
+    assert done.returncode == 1
+    assert "there are 2 models (digits, parts): say which one with --model NAME" in done.stderr
+
+
+def test_rollback_with_nothing_registered_says_what_to_do(settings: Settings) -> None:
+    done = onebox(settings, "rollback", columns=200)
+    assert done.returncode == 1
+    assert "no model is registered yet; train one with: onebox train --model NAME" in done.stderr
+    assert not settings.mlflow_db_path.exists()  # the quick read created nothing
+
+
+@needs_multi_model_runtime
+def test_models_lists_every_model_with_its_state(settings: Settings) -> None:
+    two_models(settings)
+    rows = json.loads(onebox(settings, "models", "--json").stdout)
+    assert [(row["name"], row["production_version"], row["state"]) for row in rows] == [
+        ("digits", "2", "not served"),
+        ("parts", "1", "retired"),
+    ]
+    assert rows[0]["dataset"] == "digits:abc"
+    assert rows[0]["test_accuracy"] == 0.95
+    assert rows[0]["url"] == f"{settings.serve_url}/models/digits"
+    table = onebox(settings, "models", columns=200)
+    assert table.returncode == 0, table.stderr
+    assert "digits  v2" in " ".join(table.stdout.split("  "))  # a row per model
+    assert "retired" in table.stdout

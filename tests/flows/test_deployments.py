@@ -188,11 +188,11 @@ def test_the_api_rejects_out_of_range_parameters(appliance: Settings, bad: dict[
 def test_two_runs_from_the_ui_train_one_after_the_other(appliance: Settings, worker: Path) -> None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-    versions_before = count_versions(appliance)
+    versions_before = count_versions(appliance, "digits")
     run_ids = [_create_run({"epochs": 4, "seed": seed, "deploy": False}) for seed in (1, 2)]
     runs = _wait_final(run_ids)
     assert [run.state.name for run in runs.values()] == ["Completed", "Completed"], worker.read_text()[-3000:]
-    assert count_versions(appliance) == versions_before + 2  # each run registered a model
+    assert count_versions(appliance, "digits") == versions_before + 2  # each run registered a model
 
     with _client() as client:
         spans = []
@@ -228,33 +228,33 @@ def test_onebox_train_runs_on_the_worker_and_deploys(appliance: Settings, worker
     assert done.returncode == 0, done.stdout + done.stderr
     assert "started on the worker (test-worker)" in done.stdout
     assert "epoch 1/3: loss" in done.stdout  # it followed the run's logs
-    production = version_by_alias(appliance, PRODUCTION)
+    production = version_by_alias(appliance, "digits", PRODUCTION)
     assert production is not None
-    assert f"model version  {appliance.model_name} v{production.version}" in done.stdout
+    assert f"model version  digits v{production.version}" in done.stdout
     status = json.loads(subprocess.run([ONEBOX, "status", "--json"], capture_output=True, check=True).stdout)
     assert status["workers"] == ["test-worker"]
     assert status["served_version"] == production.version
 
 
 def test_a_failed_run_says_why_and_leaves_production_alone(appliance: Settings, worker: Path) -> None:
-    production = version_by_alias(appliance, PRODUCTION)
+    production = version_by_alias(appliance, "digits", PRODUCTION)
     run_id = _create_run({"epochs": 2, "dataset_version": "000000000000", "min_improvement": -1})
     state = _wait_final([run_id])[run_id].state
     assert state.name == "Failed"
     assert "000000000000" in state.message
     assert "digits" in state.message
-    after = version_by_alias(appliance, PRODUCTION)
+    after = version_by_alias(appliance, "digits", PRODUCTION)
     assert (after and after.version) == (production and production.version)
 
 
 def test_rollback_from_the_ui_says_when_there_is_nothing_to_roll_back_to(appliance: Settings, worker: Path) -> None:
-    production = version_by_alias(appliance, PRODUCTION)
+    production = version_by_alias(appliance, "digits", PRODUCTION)
     assert production is not None  # deployed by the `onebox train` test above
     run_id = _create_run({}, flow_name="rollback")
     state = _wait_final([run_id])[run_id].state
     assert state.name == "Failed"
     assert "has no previous production version" in state.message
-    after = version_by_alias(appliance, PRODUCTION)
+    after = version_by_alias(appliance, "digits", PRODUCTION)
     assert after is not None
     assert after.version == production.version
 

@@ -63,7 +63,19 @@ def test_flat_values_validate_into_the_model() -> None:
     assert record(epochs=2, note="kept") == "kept"
     assert received == [TrainingParameters(epochs=2)]
     assert TrainingParameters(epochs=2).hyperparameters()["epochs"] == 2
-    assert set(TrainingParameters.hyperparameter_names()) == set(FIELDS) - {"dataset", "dataset_version"}
+    assert set(TrainingParameters.hyperparameter_names()) == set(FIELDS) - {"dataset", "dataset_version", "model"}
+
+
+@pytest.mark.parametrize("bad", ["Digits", "../x", "a/b", "my model", "m" * 65, "", "-lead"])
+def test_an_unsafe_model_name_is_refused_before_the_flow_starts(bad: str) -> None:
+    with pytest.raises(ParameterTypeError, match="model"):
+        training_pipeline.validate_parameters({"model": bad})
+
+
+def test_the_model_name_defaults_to_the_dataset() -> None:
+    assert TrainingParameters(dataset="parts").model_name == "parts"
+    assert TrainingParameters(dataset="parts", model="parts-v2.small_1").model_name == "parts-v2.small_1"
+    assert training_pipeline.validate_parameters({"model": None})["model"] is None
 
 
 @pytest.mark.slow  # starts Prefect's test server
@@ -92,5 +104,9 @@ def test_the_registered_deployment_takes_flat_parameters_and_refuses_bad_ones(
                 client.create_flow_run_from_deployment(deployment.id, parameters={"learning_rate": 0})
             assert refused.value.response.status_code == 409
             assert "learning_rate" in refused.value.response.text
+            with pytest.raises(PrefectHTTPStatusError) as unsafe:
+                client.create_flow_run_from_deployment(deployment.id, parameters={"model": "../Etc"})
+            assert unsafe.value.response.status_code == 409
+            assert "model" in unsafe.value.response.text
         finally:
             client.delete_flow_run(run.id)  # no worker polls this server: it would only wait

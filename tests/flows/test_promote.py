@@ -7,10 +7,29 @@ from pathlib import Path
 import pytest
 
 from flows.evaluate import Evaluation
-from flows.promote import decide_promotion, deploy_and_promote, ensure_production_served, rollback
+from flows.promote import (
+    binding_refusal,
+    decide_promotion,
+    deploy_and_promote,
+    ensure_production_served,
+    retire,
+    rollback,
+    serve_model,
+)
 from serving.runtime import ServerState
 from storage.errors import ModelError, ServingError
-from storage.registry import MODEL_CARD, PREVIOUS, PRODUCTION, configure_mlflow, move_production_alias, version_by_alias
+from storage.registry import (
+    MODEL_CARD,
+    PREVIOUS,
+    PRODUCTION,
+    RETIRED_TAG,
+    binding_tags,
+    configure_mlflow,
+    model_binding,
+    move_production_alias,
+    registered_models,
+    version_by_alias,
+)
 from storage.settings import Settings
 
 
@@ -80,69 +99,102 @@ def test_incomparable_production_is_replaced_with_the_reason() -> None:
     assert "other classes" in decision.reason
 
 
-# The deploy and the production alias, against a real MLflow SQLite registry and a fake runtime:
-# a failed deploy is the one fault these tests need, and no real server can be made to fail on cue.
+def test_a_refusal_wins_even_over_a_negative_minimum() -> None:
+    decision = decide_promotion(
+        challenger_version="4",
+        challenger=evaluation(0.99),
+        production_version="1",
+        production=None,
+        note="",
+        min_improvement=-1.0,
+        refusal="refused: model digits is bound ...",
+    )
+    assert not decision.promote
+    assert decision.refused
+    assert decision.reason == "refused: model digits is bound ..."
+    assert decision.production_version == "1"
+
+
+# The gate's binding, the deploy and the production alias, against a real MLflow SQLite registry
+# and an in-memory runtime: a test double of the runtime seam (serving/runtime.py), because a
+# failed deploy is one fault these tests need, and no real server can be made to fail on cue.
+# TODO(after the merge): the same flows against the real multi-model LocalRuntime are covered by
+# tests/flows/test_pipeline.py and tests/serving/test_local.py once helper "serve"'s runtime lands.
+
+DIGITS, PARTS = "digits", "parts"
+MODELS = {DIGITS: (["a", "b"], [1, 2, 2], 3), PARTS: (["x", "y", "z"], [3, 4, 4], 2)}  # classes, shape, versions
 
 
 class FakeRuntime:
-    """The runtime interface without a server; it notes what production was at each call."""
+    """Serves many named models without a server; it notes what production was at each call."""
 
-    def __init__(self, settings: Settings, *, serving: str | None = None, fail_deploy: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, serving: dict[str, str] | None = None, fail_deploy: set[str] | None = None
+    ) -> None:
         self.settings = settings
-        self.fail_deploy = fail_deploy
+        self.fail_deploy = fail_deploy or set()
         self.events: list[str] = []
-        self.serving = self._state(serving) if serving else None
+        self.serving = {name: self._state(name, version) for name, version in (serving or {}).items()}
 
-    def _state(self, version: str) -> ServerState:
-        return ServerState(0, self.settings.model_name, version, "", f"http://fake/{version}", "now")
+    def _state(self, name: str, version: str) -> ServerState:
+        return ServerState(0, name, version, "", f"http://fake/models/{name}", "now")
 
-    def _production(self) -> str:
-        production = version_by_alias(self.settings, PRODUCTION)
+    def _production(self, name: str) -> str:
+        production = version_by_alias(self.settings, name, PRODUCTION)
         return production.version if production else "none"
 
-    def current(self) -> ServerState | None:
-        return self.serving
+    def served(self) -> list[ServerState]:
+        return list(self.serving.values())
+
+    def current(self, model_name: str) -> ServerState | None:
+        return self.serving.get(model_name)
 
     def deploy(self, bundle: Path) -> ServerState:
-        version = json.loads((bundle / "metadata.json").read_text())["model_version"]
-        self.events.append(f"deploy v{version} while production is {self._production()}")
-        if self.fail_deploy:
-            raise ServingError(f"model v{version} did not become ready")
-        self.serving = self._state(version)
-        return self.serving
+        metadata = json.loads((bundle / "metadata.json").read_text())
+        name, version = metadata["model_name"], metadata["model_version"]
+        self.events.append(f"deploy {name} v{version} while production is {self._production(name)}")
+        if name in self.fail_deploy:
+            raise ServingError(f"model {name} v{version} did not become ready")
+        self.serving[name] = self._state(name, version)
+        return self.serving[name]
 
-    def retire_previous(self) -> None:
-        self.events.append(f"retire while production is {self._production()}")
+    def retire_previous(self, model_name: str) -> None:
+        self.events.append(f"retire {model_name} while production is {self._production(model_name)}")
 
-    def stop(self) -> ServerState | None:
-        stopped, self.serving = self.serving, None
-        return stopped
+    def stop(self, model_name: str | None = None) -> list[ServerState]:
+        names = [model_name] if model_name else list(self.serving)
+        self.events.extend(f"stop {name}" for name in names if name in self.serving)
+        return [self.serving.pop(name) for name in names if name in self.serving]
 
-    def logs(self, *, lines: int = 100) -> str:
+    def logs(self, *, model_name: str | None = None, lines: int = 100) -> str:
         return ""
 
 
 @pytest.fixture(scope="module")
 def registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real MLflow store with versions 1-3 registered, built once; each test gets a copy."""
+    """A real MLflow store with two models (digits v1-3, parts v1-2), built once; each test gets a copy."""
     from mlflow import MlflowClient
 
     home = tmp_path_factory.mktemp("registry") / "home"
     settings = Settings(home=home)
     experiment = configure_mlflow(settings)
     client = MlflowClient(settings.mlflow_tracking_uri)
-    client.create_registered_model(settings.model_name)
-    for number in (1, 2, 3):
-        run_id = client.create_run(experiment).info.run_id
-        folder = tmp_path_factory.mktemp(f"version-{number}")
-        # Bytes, not a model: the fake runtime reads only the bundle's metadata.
-        (folder / "model.onnx").write_bytes(b"not loaded by the fake runtime")
-        (folder / MODEL_CARD).write_text(json.dumps({"classes": ["a"], "image_shape": [1, 2, 2]}))
-        client.log_artifact(run_id, str(folder / "model.onnx"), artifact_path="onnx-model")
-        client.log_artifact(run_id, str(folder / MODEL_CARD))
-        source = f"{client.get_run(run_id).info.artifact_uri}/onnx-model"
-        client.create_model_version(settings.model_name, source, run_id=run_id)
-        client.set_terminated(run_id)
+    for name, (classes, shape, versions) in MODELS.items():
+        client.create_registered_model(name)
+        for number in range(1, versions + 1):
+            run_id = client.create_run(experiment).info.run_id
+            folder = tmp_path_factory.mktemp(f"{name}-{number}")
+            # Bytes, not a model: the fake runtime reads only the bundle's metadata.
+            (folder / "model.onnx").write_bytes(b"not loaded by the fake runtime")
+            card = {"dataset_name": name, "dataset_version": "v1", "classes": classes, "image_shape": shape}
+            (folder / MODEL_CARD).write_text(json.dumps(card))
+            client.log_artifact(run_id, str(folder / "model.onnx"), artifact_path="onnx-model")
+            client.log_artifact(run_id, str(folder / MODEL_CARD))
+            source = f"{client.get_run(run_id).info.artifact_uri}/onnx-model"
+            # The first digits version is tagged as registration tags now; the others as before (card only).
+            tags = binding_tags(tuple(classes), tuple(shape)) if (name, number) == (DIGITS, 1) else None
+            client.create_model_version(name, source, run_id=run_id, tags=tags)
+            client.set_terminated(run_id)
     return home
 
 
@@ -153,80 +205,203 @@ def registry(registry_template: Path, tmp_path: Path) -> Settings:
     return Settings(home=home, runtime="local")
 
 
-def aliases(settings: Settings) -> tuple[str | None, str | None]:
-    found = [version_by_alias(settings, alias) for alias in (PRODUCTION, PREVIOUS)]
+def aliases(settings: Settings, name: str = DIGITS) -> tuple[str | None, str | None]:
+    found = [version_by_alias(settings, name, alias) for alias in (PRODUCTION, PREVIOUS)]
     return tuple(version.version if version else None for version in found)  # type: ignore[return-value]
 
 
+def test_a_model_is_bound_by_its_first_version_tagged_or_not(registry: Settings) -> None:
+    digits, parts = model_binding(registry, DIGITS), model_binding(registry, PARTS)
+    assert digits is not None
+    assert parts is not None
+    assert (digits.version, digits.classes, digits.image_shape) == ("1", ("a", "b"), (1, 2, 2))  # from its tags
+    assert (parts.version, parts.classes, parts.image_shape) == ("1", ("x", "y", "z"), (3, 4, 4))  # from its card
+    assert model_binding(registry, "nothing-yet") is None
+
+
+@pytest.mark.parametrize(
+    ("classes", "shape", "what"),
+    [
+        (("a", "b", "c"), (1, 2, 2), "3 classes (a, b, c)"),  # another class count
+        (("b", "a"), (1, 2, 2), "2 classes (b, a)"),  # the same classes in another order: other labels
+        (("a", "b"), (3, 2, 2), "input shape 3x2x2"),  # colour instead of grey
+        (("a", "b"), (1, 4, 4), "input shape 1x4x4"),  # another size
+    ],
+)
+def test_a_challenger_of_other_classes_or_shape_is_refused_with_the_way_out(
+    registry: Settings, classes: tuple[str, ...], shape: tuple[int, ...], what: str
+) -> None:
+    refusal = binding_refusal(registry, DIGITS, "4", classes=classes, image_shape=shape, dataset="other:v9")
+    assert refusal.startswith("refused: model digits is bound by its first version v1 to 2 classes (a, b)")
+    assert "other:v9 has " in refusal
+    assert what in refusal.split("other:v9 has ", 1)[1]
+    assert refusal.endswith("train it under a new model name (--model NEWNAME)")
+    assert "\n" not in refusal
+
+
+def test_a_challenger_of_the_same_task_or_a_new_model_is_not_refused(registry: Settings) -> None:
+    same = binding_refusal(registry, DIGITS, "4", classes=("a", "b"), image_shape=(1, 2, 2), dataset="d:v2")
+    # A model's first version is the challenger itself: nothing binds it yet.
+    first = binding_refusal(registry, PARTS, "1", classes=("q",), image_shape=(1, 9, 9), dataset="p:v1")
+    assert same == first == ""
+
+
 def test_production_moves_after_the_deploy_and_the_old_model_retires_after_the_move(registry: Settings) -> None:
-    move_production_alias(registry, "1")
-    runtime = FakeRuntime(registry, serving="1")
+    move_production_alias(registry, DIGITS, "1")
+    move_production_alias(registry, PARTS, "1")
+    runtime = FakeRuntime(registry, serving={DIGITS: "1", PARTS: "1"})
 
-    url = deploy_and_promote(registry, "2", runtime=runtime)
+    url = deploy_and_promote(registry, DIGITS, "2", runtime=runtime)
 
-    assert runtime.events == ["deploy v2 while production is 1", "retire while production is 2"]
+    assert runtime.events == ["deploy digits v2 while production is 1", "retire digits while production is 2"]
     assert aliases(registry) == ("2", "1")
-    assert url == "http://fake/2"
+    assert aliases(registry, PARTS) == ("1", None)  # the other model is not touched
+    assert url == "http://fake/models/digits"
+    assert runtime.current(PARTS).model_version == "1"  # type: ignore[union-attr]
 
 
 def test_a_failed_deploy_moves_nothing_and_retires_nothing(registry: Settings) -> None:
-    move_production_alias(registry, "1")
-    runtime = FakeRuntime(registry, serving="1", fail_deploy=True)
+    move_production_alias(registry, DIGITS, "1")
+    runtime = FakeRuntime(registry, serving={DIGITS: "1"}, fail_deploy={DIGITS})
 
     with pytest.raises(ServingError, match="v2 did not become ready"):
-        deploy_and_promote(registry, "2", runtime=runtime)
+        deploy_and_promote(registry, DIGITS, "2", runtime=runtime)
 
-    assert runtime.events == ["deploy v2 while production is 1"]
+    assert runtime.events == ["deploy digits v2 while production is 1"]
     assert aliases(registry) == ("1", None)
 
 
-def test_rollback_serves_previous_before_moving_production_back(registry: Settings) -> None:
-    move_production_alias(registry, "1")
-    move_production_alias(registry, "3")
-    runtime = FakeRuntime(registry, serving="3")
+def test_rollback_serves_previous_before_moving_production_back_and_leaves_the_other_model(
+    registry: Settings,
+) -> None:
+    move_production_alias(registry, DIGITS, "1")
+    move_production_alias(registry, DIGITS, "3")
+    move_production_alias(registry, PARTS, "1")
+    move_production_alias(registry, PARTS, "2")
+    runtime = FakeRuntime(registry, serving={DIGITS: "3", PARTS: "2"})
 
-    version, url = rollback(registry, runtime=runtime)
+    version, url = rollback(registry, DIGITS, runtime=runtime)
 
-    assert (version, url) == ("1", "http://fake/1")
-    assert runtime.events == ["deploy v1 while production is 3", "retire while production is 1"]
+    assert (version, url) == ("1", "http://fake/models/digits")
+    assert runtime.events == ["deploy digits v1 while production is 3", "retire digits while production is 1"]
     assert aliases(registry) == ("1", "3")  # previous now names the version rolled back from
+    assert aliases(registry, PARTS) == ("2", "1")
+    assert runtime.current(PARTS).model_version == "2"  # type: ignore[union-attr]
+
+
+def test_rollback_to_any_earlier_version(registry: Settings) -> None:
+    for version in ("1", "2", "3"):
+        move_production_alias(registry, DIGITS, version)
+    runtime = FakeRuntime(registry, serving={DIGITS: "3"})
+
+    assert rollback(registry, DIGITS, to="1", runtime=runtime)[0] == "1"  # not only the one before
+    assert aliases(registry) == ("1", "3")
+
+
+@pytest.mark.parametrize(
+    ("to", "message"),
+    [("9", "model digits has no version '9'"), ("3", "model digits v3 is production already"), ("x", "no version")],
+)
+def test_rollback_to_a_bad_version_is_a_clear_error_and_moves_nothing(
+    registry: Settings, to: str, message: str
+) -> None:
+    move_production_alias(registry, DIGITS, "1")
+    move_production_alias(registry, DIGITS, "3")
+    runtime = FakeRuntime(registry, serving={DIGITS: "3"})
+
+    with pytest.raises(ModelError, match=message):
+        rollback(registry, DIGITS, to=to, runtime=runtime)
+    assert runtime.events == []
+    assert aliases(registry) == ("3", "1")
 
 
 def test_a_failed_rollback_keeps_production(registry: Settings) -> None:
-    move_production_alias(registry, "1")
-    move_production_alias(registry, "2")
-    runtime = FakeRuntime(registry, serving="2", fail_deploy=True)
+    move_production_alias(registry, DIGITS, "1")
+    move_production_alias(registry, DIGITS, "2")
+    runtime = FakeRuntime(registry, serving={DIGITS: "2"}, fail_deploy={DIGITS})
 
     with pytest.raises(ServingError):
-        rollback(registry, runtime=runtime)
+        rollback(registry, DIGITS, runtime=runtime)
 
     assert aliases(registry) == ("2", "1")
-    assert runtime.events == ["deploy v1 while production is 2"]
+    assert runtime.events == ["deploy digits v1 while production is 2"]
 
 
 def test_rollback_without_a_previous_version_is_a_clear_error(registry: Settings) -> None:
-    move_production_alias(registry, "1")
-    runtime = FakeRuntime(registry, serving="1")
+    move_production_alias(registry, DIGITS, "1")
+    runtime = FakeRuntime(registry, serving={DIGITS: "1"})
 
     with pytest.raises(ModelError, match="no previous production version"):
-        rollback(registry, runtime=runtime)
+        rollback(registry, DIGITS, runtime=runtime)
     assert runtime.events == []
 
 
-def test_ensure_production_served_deploys_only_what_is_missing(registry: Settings) -> None:
-    with pytest.raises(ModelError, match="no production model yet"):
-        ensure_production_served(registry, runtime=FakeRuntime(registry))
+def test_serve_model_deploys_only_what_is_missing(registry: Settings) -> None:
+    with pytest.raises(ModelError, match="model digits has no production version yet"):
+        serve_model(registry, DIGITS, runtime=FakeRuntime(registry))
 
-    move_production_alias(registry, "2")
-    already = FakeRuntime(registry, serving="2")
-    assert ensure_production_served(registry, runtime=already).model_version == "2"
+    move_production_alias(registry, DIGITS, "2")
+    already = FakeRuntime(registry, serving={DIGITS: "2"})
+    assert serve_model(registry, DIGITS, runtime=already).model_version == "2"
     assert already.events == []  # serving production already: nothing to do
 
-    other = FakeRuntime(registry, serving="1")
-    assert ensure_production_served(registry, runtime=other).model_version == "2"
-    assert other.events == ["deploy v2 while production is 2", "retire while production is 2"]
+    other = FakeRuntime(registry, serving={DIGITS: "1"})
+    assert serve_model(registry, DIGITS, runtime=other).model_version == "2"
+    assert other.events == ["deploy digits v2 while production is 2", "retire digits while production is 2"]
 
-    restarted = FakeRuntime(registry, serving="2")
-    ensure_production_served(registry, restart=True, runtime=restarted)
-    assert restarted.events == ["deploy v2 while production is 2", "retire while production is 2"]
+    restarted = FakeRuntime(registry, serving={DIGITS: "2"})
+    serve_model(registry, DIGITS, restart=True, runtime=restarted)
+    assert restarted.events == ["deploy digits v2 while production is 2", "retire digits while production is 2"]
     assert aliases(registry) == ("2", None)  # serving never moves the alias by itself
+
+
+def test_every_model_with_production_comes_back_but_a_retired_one_stays_retired(registry: Settings) -> None:
+    assert ensure_production_served(registry, runtime=FakeRuntime(registry)) == []  # nothing in production yet
+    move_production_alias(registry, DIGITS, "3")
+    move_production_alias(registry, PARTS, "2")
+    runtime = FakeRuntime(registry)  # `make down && make up`: nothing serves
+
+    served = ensure_production_served(registry, runtime=runtime)
+
+    assert sorted((state.model_name, state.model_version) for state in served) == [(DIGITS, "3"), (PARTS, "2")]
+
+    stopped = retire(registry, PARTS, runtime=runtime)
+    assert [state.model_name for state in stopped] == [PARTS]
+    assert [state.model_name for state in runtime.served()] == [DIGITS]
+    tags = {model.name: model.tags for model in registered_models(registry)}
+    assert tags[PARTS] == {RETIRED_TAG: "true"}
+    assert aliases(registry, PARTS) == ("2", None)  # the registry keeps it all
+
+    again = FakeRuntime(registry)  # down and up again: the retired model stays retired
+    assert [state.model_name for state in ensure_production_served(registry, runtime=again)] == [DIGITS]
+
+    assert serve_model(registry, PARTS, runtime=again).model_version == "2"  # `onebox serve --model parts`
+    assert {model.name: model.tags for model in registered_models(registry)}[PARTS] == {}
+    assert retire(registry, PARTS, runtime=FakeRuntime(registry)) == []  # not serving: nothing to stop
+
+
+def test_one_model_failing_to_come_back_does_not_keep_the_others_down(registry: Settings) -> None:
+    move_production_alias(registry, DIGITS, "3")
+    move_production_alias(registry, PARTS, "2")
+    runtime = FakeRuntime(registry, fail_deploy={DIGITS})
+
+    with pytest.raises(ServingError, match="digits v3 did not become ready"):
+        ensure_production_served(registry, runtime=runtime)
+
+    assert [state.model_name for state in runtime.served()] == [PARTS]
+
+
+def test_a_legacy_version_of_other_classes_cannot_be_rolled_back_to(registry: Settings) -> None:
+    """A home from before named models may hold another task's version under one name."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry.mlflow_tracking_uri, registry_uri=registry.mlflow_tracking_uri)
+    parts_source = client.get_model_version(PARTS, "1")
+    client.create_model_version(DIGITS, str(parts_source.source), run_id=parts_source.run_id)  # digits v4: parts' task
+    move_production_alias(registry, DIGITS, "4")
+    runtime = FakeRuntime(registry, serving={DIGITS: "4"})
+
+    move_production_alias(registry, DIGITS, "1")
+    with pytest.raises(ModelError, match="digits v4 answers other classes"):
+        rollback(registry, DIGITS, to="4", runtime=runtime)
+    assert runtime.events == []

@@ -129,8 +129,34 @@ def test_a_first_model_report_has_no_comparison() -> None:
         probabilities=probabilities,
     )
     assert 'id="comparison"' not in html
-    assert "First model" in html
+    assert "shapes-classifier has no production version yet" in html
     assert "plot-misclassified" not in inline_images(html)  # nothing to show
+
+
+def test_a_refused_challengers_report_says_why_not_first_model() -> None:
+    classes = ("circle", "square")
+    labels = np.array([0, 1, 0, 1])
+    probabilities = np.eye(2)[labels]
+    reason = "refused: model shapes is bound by its first version v1 to 3 classes; train it under a new model name"
+    record = synthetic_record(TrainingParameters(), gate_reason=reason)
+    record.tags["onebox.gate"] = "refused"
+    html = render_report(
+        record,
+        model_name="shapes",
+        test=Split(np.zeros((4, 1, 2, 2), dtype=np.uint8), labels),
+        classes=classes,
+        challenger=evaluate_probabilities(probabilities, labels, classes),
+        probabilities=probabilities,
+        baseline_note=f"Not compared with shapes's production: {reason.removeprefix('refused: ')}",
+    )
+    banner = re.search(r'<div class="decision ([a-z]+)" id="decision">(.*?)</div>', html, re.S)
+    assert banner is not None
+    assert banner.group(1) == "kept"
+    assert "Not promoted." in banner.group(2)
+    assert "bound by its first version v1" in banner.group(2)
+    assert "Not compared with shapes&#39;s production: model shapes is bound" in html
+    assert "no production version yet" not in html
+    assert 'id="comparison"' not in html
 
 
 @pytest.mark.slow
@@ -141,13 +167,13 @@ def test_first_run_logs_a_report_without_comparison(trained: TrainedPipeline) ->
 
     html = fetch_report(settings, run_id).read_text()
     assert 'id="comparison"' not in html
-    assert "First model" in html
+    assert "digits has no production version yet" in html
     assert metric_cell(html, "challenger-accuracy") == pytest.approx(trained.result.test_accuracy, abs=5e-5)
     images = inline_images(html)
     assert {"plot-confusion", "plot-curves", "plot-latency"} <= set(images)
     assert all(png.startswith(PNG_MAGIC) for png in images.values())
     assert "http://" not in html.replace("http://www.w3.org", "")  # self-contained: nothing fetched
-    assert "onebox-classifier v1" in html
+    assert "digits v1" in html
     tags = MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.tags
     assert re.fullmatch(r"[0-9a-f]{12}( \(uncommitted changes\))?|not a git checkout", tags["onebox.git_commit"])
     assert tags["onebox.git_commit"] in html
@@ -170,7 +196,7 @@ def test_challenger_report_matches_the_metrics_logged_to_mlflow(
     assert metric_cell(html, "baseline-macro-F1") == pytest.approx(
         run.data.metrics["production_test_macro_f1"], abs=5e-5
     )
-    production = version_by_alias(settings, PRODUCTION)
+    production = version_by_alias(settings, "digits", PRODUCTION)
     assert production is not None
     assert f"production v{production.version}" in html
     assert result.decision.reason.split(": ", 1)[1] in html

@@ -48,7 +48,7 @@ def test_the_worker_container_trains_and_deploys(appliance: Settings) -> None:
     logs = _logs(run_id)
     assert state.name == "Completed", (state.message, logs[-20:])
     assert any(line.startswith("Worker 'onebox-container' submitting flow run") for line in logs)
-    production = version_by_alias(appliance, PRODUCTION)
+    production = version_by_alias(appliance, "digits", PRODUCTION)
     assert production is not None  # trained, registered and swapped in from inside the container
     assert any(line.startswith(f"version {production.version} serves at") for line in logs)
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def predictor(trained: TrainedPipeline) -> OnnxPredictor:
-    return OnnxPredictor.from_directory(materialize_bundle(trained.settings, trained.result.model_version))
+    return OnnxPredictor.from_directory(materialize_bundle(trained.settings, "digits", trained.result.model_version))
 
 
 @pytest.fixture(scope="module")

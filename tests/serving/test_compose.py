@@ -119,7 +119,7 @@ def test_train_through_the_appliance_serves_via_the_gateway(appliance: Settings)
 def test_better_model_swaps_in_with_zero_failed_requests(appliance: Settings) -> None:
     from flows.pipeline import training_pipeline
 
-    before = version_by_alias(appliance, PRODUCTION)
+    before = version_by_alias(appliance, "digits", PRODUCTION)
     assert before is not None
     with SteadyLoad(appliance.serve_url) as load:
         result = training_pipeline(epochs=4, seed=1, deploy=True, min_improvement=-1.0)
@@ -129,14 +129,14 @@ def test_better_model_swaps_in_with_zero_failed_requests(appliance: Settings) ->
     assert load.failures == []
     assert load.sent >= SWAP_REQUESTS
     assert set(load.answers) == {before.version, result.model_version}  # old, then new
-    assert version_by_alias(appliance, PRODUCTION).version == result.model_version  # type: ignore[union-attr]
+    assert version_by_alias(appliance, "digits", PRODUCTION).version == result.model_version  # type: ignore[union-attr]
 
 
 def test_broken_model_is_refused_and_the_old_one_keeps_serving(appliance: Settings, tmp_path: Path) -> None:
-    production = version_by_alias(appliance, PRODUCTION)
+    production = version_by_alias(appliance, "digits", PRODUCTION)
     assert production is not None
     broken = tmp_path / "broken"
-    shutil.copytree(materialize_bundle(appliance, production.version), broken)
+    shutil.copytree(materialize_bundle(appliance, "digits", production.version), broken)
     (broken / "metadata.json").write_text(
         (broken / "metadata.json")
         .read_text()
@@ -154,21 +154,21 @@ def test_broken_model_is_refused_and_the_old_one_keeps_serving(appliance: Settin
     assert load.failures == []
     assert set(load.answers) == {production.version}
     assert runtime.state() == state
-    assert version_by_alias(appliance, PRODUCTION) == production
+    assert version_by_alias(appliance, "digits", PRODUCTION) == production
 
 
 def test_rollback_then_down_and_up_restore_serving(appliance: Settings) -> None:
     from flows.promote import rollback
 
-    production = version_by_alias(appliance, PRODUCTION)
+    production = version_by_alias(appliance, "digits", PRODUCTION)
     assert production is not None
     with SteadyLoad(appliance.serve_url, clients=2) as load:
-        version, url = rollback(appliance)
+        version, url = rollback(appliance, "digits")
         load.finish(at_least=200)
 
     assert load.failures == []
     assert version != production.version
-    assert version_by_alias(appliance, PRODUCTION).version == version  # type: ignore[union-attr]
+    assert version_by_alias(appliance, "digits", PRODUCTION).version == version  # type: ignore[union-attr]
     assert predict(httpx.Client(), url).json()["model_version"] == version
 
     runtime = ComposeRuntime(appliance)

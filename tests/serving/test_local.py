@@ -19,10 +19,10 @@ pytestmark = pytest.mark.slow
 
 def test_broken_model_is_refused_and_the_old_one_serves_again(trained: TrainedPipeline, tmp_path: Path) -> None:
     settings = trained.settings
-    production = version_by_alias(settings, PRODUCTION)
+    production = version_by_alias(settings, "digits", PRODUCTION)
     assert production is not None
     broken = tmp_path / "broken"
-    shutil.copytree(materialize_bundle(settings, production.version), broken)
+    shutil.copytree(materialize_bundle(settings, "digits", production.version), broken)
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
     runtime = LocalRuntime(settings)
 
@@ -33,11 +33,11 @@ def test_broken_model_is_refused_and_the_old_one_serves_again(trained: TrainedPi
     assert state is not None
     assert state.model_version == production.version
     assert httpx.get(f"{settings.serve_url}/metadata").json()["model_version"] == production.version
-    assert version_by_alias(settings, PRODUCTION) == production
+    assert version_by_alias(settings, "digits", PRODUCTION) == production
 
 
 def test_a_taken_port_is_named(settings, trained: TrainedPipeline) -> None:
-    bundle = materialize_bundle(trained.settings, trained.result.model_version)
+    bundle = materialize_bundle(trained.settings, "digits", trained.result.model_version)
     with socket.socket() as squatter:
         squatter.bind((settings.serve_host, settings.serve_port))
         squatter.listen()
@@ -47,7 +47,7 @@ def test_a_taken_port_is_named(settings, trained: TrainedPipeline) -> None:
 
 def test_start_status_stop(settings, trained: TrainedPipeline) -> None:
     runtime = LocalRuntime(settings)
-    bundle = materialize_bundle(trained.settings, trained.result.model_version)
+    bundle = materialize_bundle(trained.settings, "digits", trained.result.model_version)
     state = runtime.start(bundle)
     try:
         assert runtime.current() == state
@@ -80,7 +80,7 @@ def test_onebox_serve_restarts_the_production_model(trained: TrainedPipeline) ->
             [cli, "status", "--json"], env=env, capture_output=True, text=True, timeout=60, check=True
         ).stdout
     )
-    production = version_by_alias(settings, PRODUCTION)
+    production = version_by_alias(settings, "digits", PRODUCTION)
     assert production is not None
     assert status["served_version"] == production.version
     assert status["healthy"] is True

@@ -56,7 +56,7 @@ def test_larger_color_jpeg_is_converted_like_training_data(url: str, test_split)
 
 def test_metadata_names_the_model(url: str, trained: TrainedPipeline) -> None:
     body = httpx.get(f"{url}/metadata").json()
-    assert body["model_name"] == trained.settings.model_name
+    assert body["model_name"] == trained.result.model_name
     assert body["dataset_name"] == "digits"
     assert body["classes"] == [str(d) for d in range(10)]
     assert body["image_shape"] == [1, 8, 8]
@@ -74,7 +74,7 @@ def test_swagger_ui_and_docs(url: str, trained: TrainedPipeline) -> None:
     assert "/predict" in spec["paths"]
     assert "/predict_batch" in spec["paths"]
     served = httpx.get(f"{url}/metadata").json()["model_version"]
-    assert f"{trained.settings.model_name} v{served}" in spec["info"]["description"]
+    assert f"{trained.result.model_name} v{served}" in spec["info"]["description"]
 
 
 @pytest.mark.parametrize(
