@@ -49,16 +49,20 @@ def up(
 ) -> None:
     """Build the appliance's images (offline) and start it: MLflow, Prefect, gateway, live model."""
     from flows.deployments import register_all
+    from flows.promote import ensure_production_served
     from serving.compose import ComposeRuntime
 
     current = get_settings().model_copy(update={"runtime": "compose"})
     if worker:
         console.print("building the worker image (torch included: the first build takes minutes)")
-    state = ComposeRuntime(current).up(worker=worker)
+    runtime = ComposeRuntime(current)
+    state = runtime.up(worker=worker)
     registered = register_all(appliance_settings())
+    # Every model with a production version serves again at it (retired ones stay retired).
+    served = ensure_production_served(get_settings(), runtime=runtime)
     console.print(f"appliance up (project {current.compose_project}):")
-    serving = f"live color {state.live_color}" if state.live_color else "no model yet: onebox train"
-    console.print(f"  gateway:  {current.serve_url}/   ({serving})")
+    models = ", ".join(f"{s.model_name} v{s.model_version}" for s in served) or "no model yet: onebox train"
+    console.print(f"  gateway:  {current.serve_url}/   ({models})")
     console.print(f"  MLflow:   http://127.0.0.1:{current.mlflow_port}/")
     deployments = ", ".join(r.name for r in registered)
     console.print(f"  Prefect:  http://127.0.0.1:{current.prefect_port}/   (deployments: {deployments})")
@@ -126,15 +130,22 @@ def logs(
         str, typer.Argument(help="model, or in the appliance: mlflow, prefect, gateway, worker.")
     ] = "model",
     lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 100,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Which model's server (default: the default model).")
+    ] = None,
 ) -> None:
     """Recent logs of the model server (or of an appliance service)."""
     from serving.compose import ComposeRuntime
     from serving.runtime import runtime_for
 
     runtime = runtime_for(settings())
-    if isinstance(runtime, ComposeRuntime):
+    if isinstance(runtime, ComposeRuntime):  # TODO(after the merge): pass model_name once compose's logs take it
         print(runtime.logs(lines=lines, service=service))
     elif service != "model":
         raise fail(f"{service!r} runs only in the appliance (make up); the local runtime has only the model")
     else:
-        print(runtime.logs(lines=lines))
+        from storage.registry import resolve_model
+
+        current = settings()
+        name = resolve_model(current, model) if model is not None else None
+        print(runtime.logs(model_name=name, lines=lines))

@@ -20,6 +20,7 @@ from uuid import UUID
 import pytest
 
 from flows.deployments import FLOWS, GPU_LIMIT, WORK_POOL, deployment_name, gpu_count, register_all
+from storage.names import NAME_PATTERN
 from storage.registry import PRODUCTION, count_versions, version_by_alias
 from storage.settings import Settings
 from tests.conftest import isolated_appliance
@@ -130,7 +131,7 @@ def test_up_registers_every_flow_with_a_form_schema(appliance: Settings) -> None
     ]
     properties = training.parameter_openapi_schema["properties"]
     assert set(properties) == {
-        "dataset", "dataset_version", "epochs", "learning_rate", "batch_size", "seed", "device", "deploy",
+        "dataset", "dataset_version", "model", "epochs", "learning_rate", "batch_size", "seed", "device", "deploy",
         "min_improvement",
     }  # fmt: skip
     for name, field in properties.items():
@@ -143,6 +144,12 @@ def test_up_registers_every_flow_with_a_form_schema(appliance: Settings) -> None
     assert properties["device"]["enum"] == ["auto", "cpu", "cuda"]
     assert properties["deploy"]["type"] == "boolean"
     assert properties["deploy"]["default"] is True
+    assert properties["model"]["title"] == "Model name"
+    assert properties["model"]["default"] is None  # the dataset's name
+    assert properties["model"]["pattern"] == NAME_PATTERN.pattern
+    rollback = deployments["rollback"].parameter_openapi_schema["properties"]
+    assert set(rollback) == {"model", "version"}
+    assert rollback["model"]["title"] == "Model name"
 
 
 def test_registering_again_updates_in_place(appliance: Settings) -> None:
@@ -170,8 +177,15 @@ def test_importing_a_dataset_adds_it_to_the_form(appliance: Settings, tmp_path: 
 
 @pytest.mark.parametrize(
     "bad",
-    [{"epochs": 0}, {"epochs": 1001}, {"learning_rate": 0}, {"dataset": "no-such-dataset"}, {"device": "tpu"}],
-    ids=["epochs-0", "epochs-1001", "learning-rate-0", "unknown-dataset", "unknown-device"],
+    [
+        {"epochs": 0},
+        {"epochs": 1001},
+        {"learning_rate": 0},
+        {"dataset": "no-such-dataset"},
+        {"device": "tpu"},
+        {"model": "../Etc"},
+    ],
+    ids=["epochs-0", "epochs-1001", "learning-rate-0", "unknown-dataset", "unknown-device", "unsafe-model-name"],
 )
 def test_the_api_rejects_out_of_range_parameters(appliance: Settings, bad: dict[str, Any]) -> None:
     from prefect.exceptions import PrefectHTTPStatusError
@@ -250,10 +264,14 @@ def test_a_failed_run_says_why_and_leaves_production_alone(appliance: Settings, 
 def test_rollback_from_the_ui_says_when_there_is_nothing_to_roll_back_to(appliance: Settings, worker: Path) -> None:
     production = version_by_alias(appliance, "digits", PRODUCTION)
     assert production is not None  # deployed by the `onebox train` test above
-    run_id = _create_run({}, flow_name="rollback")
+    run_id = _create_run({"model": "digits"}, flow_name="rollback")
     state = _wait_final([run_id])[run_id].state
     assert state.name == "Failed"
-    assert "has no previous production version" in state.message
+    assert "model digits has no previous production version" in state.message
+    unknown = _create_run({"model": "nope"}, flow_name="rollback")
+    refused = _wait_final([unknown])[unknown].state
+    assert refused.name == "Failed"
+    assert "unknown model 'nope'; known models: digits" in refused.message
     after = version_by_alias(appliance, "digits", PRODUCTION)
     assert after is not None
     assert after.version == production.version

@@ -110,3 +110,17 @@ def test_the_registered_deployment_takes_flat_parameters_and_refuses_bad_ones(
             assert "model" in unsafe.value.response.text
         finally:
             client.delete_flow_run(run.id)  # no worker polls this server: it would only wait
+
+
+def test_the_rollback_flow_takes_a_model_name_and_a_version() -> None:
+    from flows.operations import rollback_production
+
+    properties = parameter_schema(rollback_production).model_dump()["properties"]
+    assert list(properties) == ["model", "version"]
+    assert _field_labels(rollback_production.fn)["model"]["title"] == "Model name"
+    assert rollback_production.validate_parameters({"model": "digits", "version": "3"}) == {
+        "model": "digits",
+        "version": "3",
+    }
+    with pytest.raises(ParameterTypeError, match="model"):
+        rollback_production.validate_parameters({"model": "../Digits"})

@@ -405,3 +405,49 @@ def test_a_legacy_version_of_other_classes_cannot_be_rolled_back_to(registry: Se
     with pytest.raises(ModelError, match="digits v4 answers other classes"):
         rollback(registry, DIGITS, to="4", runtime=runtime)
     assert runtime.events == []
+
+
+@pytest.mark.slow  # two real training runs (one epoch each) through the Prefect flow
+def test_a_challenger_of_other_classes_under_an_existing_name_is_refused_and_production_untouched(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from flows.pipeline import training_pipeline
+    from flows.run_record import fetch_report
+    from storage.datasets import import_image_folder
+    from storage.registry import count_versions
+    from storage.settings import get_settings
+    from tests.storage.test_datasets import make_folder
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEBOX_HOME", str(tmp_path / "home"))
+        get_settings.cache_clear()
+        try:
+            settings = get_settings()
+            first = training_pipeline(epochs=1, seed=0, deploy=False)  # digits v1: binds the model
+            move_production_alias(settings, DIGITS, first.model_version)
+            source = make_folder(tmp_path / "parts", classes=3, per_class=6, size=(8, 8))
+            import_image_folder(source, name="parts", settings=settings)
+
+            refused = training_pipeline(dataset="parts", model=DIGITS, epochs=1, deploy=True, min_improvement=-1.0)
+
+            assert refused.decision.refused
+            assert not refused.promoted
+            assert refused.served_url is None
+            assert refused.decision.reason.startswith("refused: model digits is bound by its first version v1")
+            assert refused.decision.reason.endswith("(--model NEWNAME)")
+            assert version_by_alias(settings, DIGITS, PRODUCTION).version == first.model_version  # type: ignore[union-attr]
+            assert count_versions(settings, DIGITS) == 2  # still registered...
+            tags = MlflowClient(settings.mlflow_tracking_uri).get_run(refused.run_id).data.tags
+            assert tags["onebox.gate"] == "refused"
+            html = fetch_report(settings, refused.run_id).read_text()  # ...and reported, with the reason
+            assert "Not promoted." in html
+            assert "Not compared with digits&#39;s production: model digits is bound" in html
+            assert "no production version yet" not in html
+
+            new_name = training_pipeline(dataset="parts", model="parts", epochs=1, deploy=False)
+            assert new_name.decision.promote  # a new task under a new name: its own first version
+            assert (new_name.model_name, new_name.model_version) == ("parts", "1")
+        finally:
+            get_settings.cache_clear()
