@@ -23,11 +23,10 @@ from flows.parameters import TrainingParameters
 from flows.prepare import Split, split_dataset
 from flows.promote import REFUSED, GateDecision
 from flows.run_record import REPORT_FILE, RunRecord, read_run
-from flows.tracking import MODEL_NAME_TAG
 from serving.predictor import OnnxPredictor
 from storage.datasets import load_dataset, resolve_dataset
 from storage.errors import ModelError
-from storage.registry import LEGACY_MODEL_NAME, materialize_bundle
+from storage.registry import LEGACY_MODEL_NAME, MODEL_NAME_TAG, materialize_bundle
 from storage.settings import Settings
 
 MAX_MISCLASSIFIED = 32

@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from flows import evaluate, export, prepare, promote, report, tracking, train
 from flows.parameters import TrainingParameters
 from storage.datasets import load_dataset, resolve_dataset
+from storage.registry import MODEL_NAME_TAG
 from storage.settings import Settings
 
 # Tasks pass arrays and models in memory (NO_CACHE): hashing them for a cache key would cost
@@ -38,7 +39,7 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
 
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int, model_name: str) -> str:
-    tags = {"onebox.flow": "training-pipeline", tracking.MODEL_NAME_TAG: model_name}
+    tags = {"onebox.flow": "training-pipeline", MODEL_NAME_TAG: model_name}
     if flow_run.id:
         tags["onebox.prefect_flow_run_id"] = flow_run.id
     run_id = tracking.start_run(settings, run_name=f"{model_name}-seed{seed}", tags=tags)

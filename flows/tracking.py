@@ -19,7 +19,6 @@ from flows.train import TrainingResult
 from storage.registry import MODEL_CARD, binding_tags, configure_mlflow
 from storage.settings import Settings
 
-MODEL_NAME_TAG = "onebox.model_name"  # run tag: the registered model the run trains a version of
 TORCH_MODEL = "torch-model"
 ONNX_MODEL = "onnx-model"
 

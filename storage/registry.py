@@ -29,6 +29,7 @@ PREVIOUS = "previous"
 MODEL_CARD = "model_card.json"  # run artifact: classes, image shape, lineage, metrics
 # Models registered before models were named (one for everything); such a home keeps serving it.
 LEGACY_MODEL_NAME = "onebox-classifier"
+MODEL_NAME_TAG = "onebox.model_name"  # run tag: the registered model the run trains a version of
 RETIRED_TAG = "onebox.retired"  # registered-model tag: "true" while retired
 CLASSES_TAG = "onebox.classes"  # version tags: what the version answers and takes
 IMAGE_SHAPE_TAG = "onebox.image_shape"

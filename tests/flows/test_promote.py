@@ -407,6 +407,30 @@ def test_a_legacy_version_of_other_classes_cannot_be_rolled_back_to(registry: Se
     assert runtime.events == []
 
 
+def test_a_home_from_before_named_models_serves_its_model_under_that_name_and_as_default(registry: Settings) -> None:
+    from mlflow import MlflowClient
+
+    from serving.metadata import ModelMetadata
+    from serving.runtime import default_model
+    from storage.registry import LEGACY_MODEL_NAME, materialize_bundle
+
+    client = MlflowClient(registry.mlflow_tracking_uri, registry_uri=registry.mlflow_tracking_uri)
+    old = client.get_model_version(DIGITS, "1")
+    client.create_registered_model(LEGACY_MODEL_NAME)  # what every run registered before models had names
+    client.create_model_version(LEGACY_MODEL_NAME, str(old.source), run_id=old.run_id)
+    move_production_alias(registry, LEGACY_MODEL_NAME, "1")
+    runtime = FakeRuntime(registry)
+
+    served = ensure_production_served(registry, runtime=runtime)
+
+    assert [(state.model_name, state.model_version) for state in served] == [(LEGACY_MODEL_NAME, "1")]
+    assert default_model(registry, runtime.served()) == LEGACY_MODEL_NAME
+    bundle = materialize_bundle(registry, LEGACY_MODEL_NAME, "1")
+    assert bundle == registry.models_dir / LEGACY_MODEL_NAME / "1"  # where an old home kept its bundles
+    metadata = ModelMetadata.read(bundle / "metadata.json")
+    assert (metadata.model_name, metadata.trained) == (LEGACY_MODEL_NAME, "")  # no training time in old cards
+
+
 @pytest.mark.slow  # two real training runs (one epoch each) through the Prefect flow
 def test_a_challenger_of_other_classes_under_an_existing_name_is_refused_and_production_untouched(
     prefect_server: None, tmp_path: Path
