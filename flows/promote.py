@@ -18,13 +18,13 @@ from flows.prepare import PreparedData
 from serving.metadata import METADATA_FILE, ModelMetadata
 from serving.runtime import Runtime, runtime_for
 from storage.errors import ModelError, ServingError
+from storage.model_binding import model_binding
 from storage.registry import (
     PREVIOUS,
     PRODUCTION,
     RETIRED_TAG,
     get_version,
     materialize_bundle,
-    model_binding,
     move_production_alias,
     registered_models,
     set_retired,

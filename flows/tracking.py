@@ -16,7 +16,8 @@ from flows.evaluate import Evaluation
 from flows.export import ExportCheck
 from flows.prepare import PreparedData
 from flows.train import TrainingResult
-from storage.registry import MODEL_CARD, binding_tags, configure_mlflow
+from storage.model_binding import binding_tags
+from storage.registry import MODEL_CARD, configure_mlflow
 from storage.settings import Settings
 
 TORCH_MODEL = "torch-model"

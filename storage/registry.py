@@ -4,7 +4,7 @@ Every model is named (``onebox train --model NAME``) and every function here tak
 Per model, the alias ``production`` is the single source of truth for what serves; ``previous``
 remembers what it pointed at before, for rollback; the tag ``onebox.retired`` marks a model taken
 out of service. A model is bound to its first version's classes and input shape
-(:func:`model_binding`).
+(:mod:`storage.model_binding`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ MODEL_CARD = "model_card.json"  # run artifact: classes, image shape, lineage, m
 LEGACY_MODEL_NAME = "onebox-classifier"
 MODEL_NAME_TAG = "onebox.model_name"  # run tag: the registered model the run trains a version of
 RETIRED_TAG = "onebox.retired"  # registered-model tag: "true" while retired
-CLASSES_TAG = "onebox.classes"  # version tags: what the version answers and takes
-IMAGE_SHAPE_TAG = "onebox.image_shape"
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,8 @@ def configure_mlflow(settings: Settings) -> str:
         return str(experiment.experiment_id)
 
 
-def _client(settings: Settings):  # type: ignore[no-untyped-def]
+def mlflow_client(settings: Settings):  # type: ignore[no-untyped-def]  # MlflowClient: imported lazily
+    """An MLflow client of onebox's store (tracking and registry), the experiment made on first use."""
     from mlflow import MlflowClient
 
     configure_mlflow(settings)
@@ -82,7 +81,7 @@ def version_by_alias(settings: Settings, name: str, alias: str) -> RegisteredVer
     """The version of model ``name`` an alias points at; None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(settings)
+    client = mlflow_client(settings)
     try:
         found = client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -112,7 +111,7 @@ def get_version(settings: Settings, name: str, version: str) -> RegisteredVersio
     from mlflow.exceptions import MlflowException
 
     try:
-        found = _client(settings).get_model_version(name, version)
+        found = mlflow_client(settings).get_model_version(name, version)
     except MlflowException as error:
         raise ModelError(f"model {name} has no version {version!r}; see its versions in: onebox models") from error
     return _found(name, found)
@@ -120,7 +119,7 @@ def get_version(settings: Settings, name: str, version: str) -> RegisteredVersio
 
 def list_versions(settings: Settings, name: str) -> list[RegisteredVersion]:
     """Every registered version of model ``name``, oldest first (empty for an unknown model)."""
-    found = _client(settings).search_model_versions(f"name = '{name}'")
+    found = mlflow_client(settings).search_model_versions(f"name = '{name}'")
     return sorted((_found(name, version) for version in found), key=lambda v: int(v.version))
 
 
@@ -129,14 +128,9 @@ def count_versions(settings: Settings, name: str) -> int:
     return len(list_versions(settings, name))
 
 
-def model_names(settings: Settings) -> list[str]:
-    """Every registered model, by name (MLflow's answer; :mod:`storage.mlflow_peek` is the quick one)."""
-    return sorted(model.name for model in _client(settings).search_registered_models())
-
-
 def move_production_alias(settings: Settings, name: str, version: str) -> None:
     """Point ``production`` of model ``name`` at ``version``; ``previous`` keeps what it pointed at before."""
-    client = _client(settings)
+    client = mlflow_client(settings)
     current = version_by_alias(settings, name, PRODUCTION)
     if current is not None and current.version != version:
         client.set_registered_model_alias(name, PREVIOUS, current.version)
@@ -148,54 +142,11 @@ def set_retired(settings: Settings, name: str, *, retired: bool) -> None:
 
     Kept in the registry, beside the aliases, so every runtime and every home reads the same.
     """
-    client = _client(settings)
+    client = mlflow_client(settings)
     if retired:
         client.set_registered_model_tag(name, RETIRED_TAG, "true")
     elif RETIRED_TAG in client.get_registered_model(name).tags:
         client.delete_registered_model_tag(name, RETIRED_TAG)
-
-
-@dataclass(frozen=True)
-class ModelBinding:
-    """What a model is bound to by its first version: the classes it answers and the input it takes."""
-
-    version: str
-    classes: tuple[str, ...]
-    image_shape: tuple[int, ...]
-
-    def describe(self) -> str:
-        return f"{len(self.classes)} classes ({', '.join(self.classes)}) and input shape {_shape(self.image_shape)}"
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape))
-
-
-def binding_tags(classes: tuple[str, ...], image_shape: tuple[int, ...]) -> dict[str, str]:
-    """The version tags that record what a version answers and takes (read back by :func:`model_binding`)."""
-    return {CLASSES_TAG: json.dumps(list(classes)), IMAGE_SHAPE_TAG: _shape(image_shape)}
-
-
-def model_binding(settings: Settings, name: str) -> ModelBinding | None:
-    """What model ``name``'s first registered version answers and takes; None for a model with no version.
-
-    Versions registered before bindings were tagged are read from their run's model card.
-    """
-    versions = list_versions(settings, name)
-    if not versions:
-        return None
-    first = versions[0]
-    tags = _client(settings).get_model_version(name, first.version).tags
-    if CLASSES_TAG in tags and IMAGE_SHAPE_TAG in tags:
-        classes = tuple(json.loads(tags[CLASSES_TAG]))
-        shape = tuple(int(size) for size in tags[IMAGE_SHAPE_TAG].split("x"))
-        return ModelBinding(first.version, classes, shape)
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as folder:
-        card_path = mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path=MODEL_CARD, dst_path=folder)
-        card = json.loads(Path(card_path).read_text())
-    return ModelBinding(first.version, tuple(card["classes"]), tuple(int(size) for size in card["image_shape"]))
 
 
 def bundle_dir(settings: Settings, name: str, version: str) -> Path:
@@ -249,7 +200,7 @@ def registered_models(settings: Settings) -> list[PeekedModel]:
         return mlflow_peek.registered_models(settings, production_alias=PRODUCTION)
     except mlflow_peek.NotPeekable:
         pass
-    client = _client(settings)
+    client = mlflow_client(settings)
     models = []
     for model in client.search_registered_models():
         aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}

@@ -18,14 +18,13 @@ from flows.promote import (
 )
 from serving.runtime import ServerState
 from storage.errors import ModelError, ServingError
+from storage.model_binding import binding_tags, model_binding
 from storage.registry import (
     MODEL_CARD,
     PREVIOUS,
     PRODUCTION,
     RETIRED_TAG,
-    binding_tags,
     configure_mlflow,
-    model_binding,
     move_production_alias,
     registered_models,
     version_by_alias,
