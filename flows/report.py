@@ -91,8 +91,9 @@ def build_report(
     baseline: Evaluation | None = None
     baseline_note = ""
     if refusal:
+        production = f" v{baseline_version}" if baseline_version else ""
         baseline_version = None
-        baseline_note = f"Not compared with {name}'s production: {refusal.removeprefix(REFUSED)}"
+        baseline_note = f"Not compared with {name}'s production{production}: {refusal.removeprefix(REFUSED)}"
     elif baseline_version is not None:
         scored = _score(settings, baseline_model or name, baseline_version, test, classes)
         if scored is None:

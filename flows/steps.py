@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from flows import evaluate, export, prepare, promote, report, tracking, train
 from flows.parameters import TrainingParameters
 from storage.datasets import load_dataset, resolve_dataset
-from storage.registry import MODEL_NAME_TAG
+from storage.registry import MODEL_NAME_TAG, PRODUCTION, version_by_alias
 from storage.settings import Settings
 
 # Tasks pass arrays and models in memory (NO_CACHE): hashing them for a cache key would cost
@@ -147,8 +147,10 @@ def gate(
         image_shape=dataset.image_shape,
         dataset=f"{dataset.name}:{dataset.version}",
     )
-    production_version, production, note = "", None, ""
-    if not refusal:  # a refused challenger is not scored against production: it is another task
+    if refusal:  # not scored against production: it is another task; the decision still names it
+        current = version_by_alias(settings, name, PRODUCTION)
+        production_version, production, note = (current.version if current else ""), None, ""
+    else:
         production_version, production, note = promote.evaluate_production(settings, name, data)
     if production is not None:
         tracking.log_outcome(

@@ -466,7 +466,8 @@ def test_a_challenger_of_other_classes_under_an_existing_name_is_refused_and_pro
             assert tags["onebox.gate"] == "refused"
             html = fetch_report(settings, refused.run_id).read_text()  # ...and reported, with the reason
             assert "Not promoted." in html
-            assert "Not compared with digits&#39;s production: model digits is bound" in html
+            assert "Not compared with digits&#39;s production v1: model digits is bound" in html
+            assert refused.decision.production_version == first.model_version
             assert "no production version yet" not in html
 
             new_name = training_pipeline(dataset="parts", model="parts", epochs=1, deploy=False)
