@@ -34,7 +34,7 @@ def test_run_is_tracked_registered_promoted_and_served(trained: TrainedPipeline)
     production = version_by_alias(settings, "digits", PRODUCTION)
     assert production is not None
     assert production.run_id == result.run_id
-    assert result.served_url == settings.serve_url
+    assert result.served_url == f"{settings.serve_url}/models/digits"  # the model's own base URL
     answer = httpx.get(f"{settings.serve_url}/metadata").json()
     assert answer["model_version"] == production.version
     assert answer["run_id"] == result.run_id

@@ -16,6 +16,7 @@ from flows.promote import (
     rollback,
     serve_model,
 )
+from serving.local import LocalRuntime
 from serving.runtime import ServerState
 from storage.errors import ModelError, ServingError
 from storage.model_binding import binding_tags, model_binding
@@ -474,4 +475,52 @@ def test_a_challenger_of_other_classes_under_an_existing_name_is_refused_and_pro
             assert new_name.decision.promote  # a new task under a new name: its own first version
             assert (new_name.model_name, new_name.model_version) == ("parts", "1")
         finally:
+            get_settings.cache_clear()
+
+
+# TODO(after the merge): runs once helper "serve"'s LocalRuntime serves many named models.
+@pytest.mark.slow  # three short training runs and a real multi-model server over HTTP
+@pytest.mark.skipif(not hasattr(LocalRuntime, "served"), reason="LocalRuntime does not serve many models yet")
+def test_rollback_of_one_model_leaves_the_other_serving_and_retire_brings_back(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    import httpx
+
+    from benchmarks.servers import free_port
+    from flows.pipeline import training_pipeline
+    from storage.datasets import import_image_folder
+    from storage.settings import get_settings
+    from tests.storage.test_datasets import make_folder
+
+    def served_version(settings: Settings, name: str) -> str | None:
+        answer = httpx.get(f"{settings.serve_url}/models/{name}/metadata", timeout=10)
+        return str(answer.json()["model_version"]) if answer.status_code == 200 else None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEBOX_HOME", str(tmp_path / "home"))
+        patch.setenv("ONEBOX_SERVE_PORT", str(free_port()))
+        patch.setenv("ONEBOX_RUNTIME", "local")
+        get_settings.cache_clear()
+        settings = get_settings()
+        try:
+            training_pipeline(epochs=1, seed=0, deploy=True)  # digits v1
+            training_pipeline(epochs=1, seed=1, deploy=True, min_improvement=-1.0)  # digits v2
+            source = make_folder(tmp_path / "parts", classes=3, per_class=6, size=(8, 8))
+            import_image_folder(source, name="parts", settings=settings)
+            training_pipeline(dataset="parts", epochs=1, deploy=True)  # parts v1, its own endpoint
+            assert (served_version(settings, DIGITS), served_version(settings, PARTS)) == ("2", "1")
+
+            assert rollback(settings, DIGITS)[0] == "1"
+
+            assert (served_version(settings, DIGITS), served_version(settings, PARTS)) == ("1", "1")
+            assert aliases(settings, PARTS) == ("1", None)
+
+            retire(settings, PARTS)
+            assert served_version(settings, PARTS) is None
+            assert served_version(settings, DIGITS) == "1"
+            assert [state.model_name for state in ensure_production_served(settings)] == [DIGITS]
+            assert serve_model(settings, PARTS).model_version == "1"
+            assert served_version(settings, PARTS) == "1"
+        finally:
+            LocalRuntime(settings).stop()
             get_settings.cache_clear()
