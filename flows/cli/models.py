@@ -64,7 +64,9 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     if not rows:
         console.print("no model yet; train one with: onebox train --model NAME")
         return
-    table = Table("model", "production", "dataset", "test accuracy", "url", "state", box=None)
+    table = Table("model", "production", "dataset", "test accuracy", box=None)
+    table.add_column("url", overflow="fold")  # whole, to copy: folded rather than cut short
+    table.add_column("state")
     for row in rows:
         accuracy = row["test_accuracy"]
         version = row["production_version"]

@@ -184,5 +184,6 @@ def test_models_lists_every_model_with_its_state(settings: Settings) -> None:
     assert rows[0]["url"] == f"{settings.serve_url}/models/digits"
     table = onebox(settings, "models", columns=200)
     assert table.returncode == 0, table.stderr
-    assert "digits  v2" in " ".join(table.stdout.split("  "))  # a row per model
-    assert "retired" in table.stdout
+    lines = [line.split() for line in table.stdout.splitlines()]
+    assert ["digits", "v2", "digits:abc", "0.9500", f"{settings.serve_url}/models/digits", "not", "served"] in lines
+    assert ["parts", "v1", "-", "-", f"{settings.serve_url}/models/parts", "retired"] in lines
