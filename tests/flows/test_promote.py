@@ -524,3 +524,27 @@ def test_rollback_of_one_model_leaves_the_other_serving_and_retire_brings_back(
         finally:
             LocalRuntime(settings).stop()
             get_settings.cache_clear()
+
+
+@pytest.mark.slow  # real Prefect flow runs (the test server)
+def test_the_rollback_flow_names_its_model_and_refuses_an_unknown_one(prefect_server: None, registry: Settings) -> None:
+    from flows.operations import rollback_production
+    from storage.settings import get_settings
+
+    move_production_alias(registry, DIGITS, "1")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEBOX_HOME", str(registry.home))
+        patch.setenv("ONEBOX_RUNTIME", "local")
+        get_settings.cache_clear()
+        try:
+            with pytest.raises(ModelError, match=r"^unknown model 'nope'; known models: digits, parts$"):
+                rollback_production(model="nope")
+            with pytest.raises(ModelError, match="there are 2 models"):
+                rollback_production()
+            with pytest.raises(ModelError, match="model digits has no previous production version"):
+                rollback_production(model=DIGITS)
+            with pytest.raises(ModelError, match="model digits v1 is production already"):
+                rollback_production(model=DIGITS, version="1")
+        finally:
+            get_settings.cache_clear()
+    assert aliases(registry) == ("1", None)
