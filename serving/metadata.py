@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,13 @@ class ModelMetadata:
 
     @classmethod
     def read(cls, path: Path) -> ModelMetadata:
+        """Read a bundle's metadata; fields this version does not know are left out, so a server
+        reads bundles written by a newer onebox (an older one failed on ``trained``)."""
         raw = json.loads(path.read_text())
         raw["classes"] = tuple(raw["classes"])
         raw["image_shape"] = tuple(raw["image_shape"])
-        return cls(**raw)
+        known = {spec.name for spec in fields(cls)}
+        return cls(**{name: value for name, value in raw.items() if name in known})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))

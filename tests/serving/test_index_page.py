@@ -86,3 +86,12 @@ def test_rendering_imports_neither_bentoml_nor_onnxruntime() -> None:
     code = "import sys, serving.index_page; print(sorted({'bentoml', 'onnxruntime'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_metadata_of_a_newer_bundle_is_read(tmp_path) -> None:
+    import json
+
+    path = tmp_path / "metadata.json"
+    DIGITS.write(path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "architecture": "resnet18"}))
+    assert ModelMetadata.read(path) == DIGITS
