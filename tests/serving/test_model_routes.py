@@ -195,3 +195,40 @@ def test_try_it_out_on_a_models_swagger_page_posts_to_its_own_route(two_models: 
     assert {u for _, u in requests if not u.startswith("data:")} <= {u for _, u in requests if u.startswith(url)}
     assert status.strip() == "200"
     assert '"label": "blue"' in body or '"label":"blue"' in body
+
+
+@pytest.mark.slow
+def test_requests_to_both_models_at_once_get_their_own_answers(two_models: Served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    runtime, _ = two_models
+    url = runtime.settings.serve_url
+    asks = [("colors", COLORS_SHAPE, i % 3, COLORS[i % 3]) for i in range(30)]
+    asks += [("digits", DIGITS_SHAPE, i % 10, str(i % 10)) for i in range(30)]
+
+    def ask(model: str, shape: tuple[int, int, int], pixel: int) -> str:
+        answer = httpx.post(f"{url}/models/{model}/predict", files=upload(lit_pixel(shape, pixel)), timeout=30)
+        return str(answer.json()["label"])
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        labels = list(pool.map(lambda a: ask(*a[:3]), asks))
+    assert labels == [expected for *_, expected in asks]
+
+
+@pytest.mark.slow
+def test_the_containers_smoke_check_asks_every_model_through_its_route(
+    two_models: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serving.health import main
+
+    runtime, bundles = two_models
+    url = runtime.settings.serve_url
+    monkeypatch.setenv(MODEL_DIR_VARIABLE, os.pathsep.join(str(bundles[name]) for name in ("digits", "colors")))
+    assert main([url]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"model digits v1 answers at {url}/models/digits",
+        f"model colors v1 answers at {url}/models/colors",
+    ]
+    monkeypatch.setenv(MODEL_DIR_VARIABLE, str(colors_bundle(tmp_path / "colors-2", version="2")))
+    assert main([url]) == 1  # version 2 is not what answers
+    assert "came from model version '1', not '2'" in capsys.readouterr().err
