@@ -94,11 +94,13 @@ class LocalRuntime:
             else:
                 stopped = [state for state in running if state.model_name == model_name]
                 rest = [state for state in running if state.model_name != model_name]
-            if not stopped:
-                if not running:
-                    self._stop_process()  # and forget a dead server's models
+            if not running:  # the server died: nothing serves, but its record says what to bring back
+                _, recorded = self._recorded()
+                self._stop_process()  # what is left of it, and its record
+                self._record(0, [state for state in recorded if model_name and state.model_name != model_name])
                 return []
-            self._restart(rest)
+            if stopped:
+                self._restart(rest)
         return stopped
 
     def logs(self, *, model_name: str | None = None, lines: int = 100) -> str:
@@ -158,8 +160,13 @@ class LocalRuntime:
         except ServingError as error:
             stop_process_group(process.pid)
             raise ServingError(f"{error}; see {self.log_path}") from error
-        record = {"pid": process.pid, "models": [asdict(replace(state, pid=process.pid)) for state in states]}
-        self.state_path.write_text(json.dumps(record, indent=2))
+        self._record(process.pid, states)
+
+    def _record(self, pid: int, states: list[ServerState]) -> None:
+        """Write the state file: the server's pid (0: none runs) and its models; none: no file."""
+        if states:
+            record = {"pid": pid, "models": [asdict(replace(state, pid=pid)) for state in states]}
+            self.state_path.write_text(json.dumps(record, indent=2))
 
     def _stop_process(self) -> None:
         pid, _ = self._recorded()

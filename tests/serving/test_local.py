@@ -123,9 +123,16 @@ def test_after_kill_9_a_deploy_brings_every_model_back(local_settings: Settings,
                 raise NotYet("still served")
 
         wait_for(gone, timeout_s=30, what="the killed server to be gone")
-        runtime.deploy(colors_bundle(tmp_path / "colors-2", version="2"))
+        second = runtime.deploy(colors_bundle(tmp_path / "colors-2", version="2"))
         assert served(runtime) == [("digits", "1"), ("colors", "2")]
         assert label(f"{local_settings.serve_url}/models/digits", DIGITS_SHAPE, 8) == "8"
+
+        # Stopping one model of a killed server: the others still come back with the next deploy.
+        os.killpg(second.pid, signal.SIGKILL)
+        wait_for(gone, timeout_s=30, what="the killed server to be gone")
+        assert runtime.stop("colors") == []
+        runtime.deploy(digits_bundle(tmp_path / "digits-3", version="3"))
+        assert served(runtime) == [("digits", "3")]
     finally:
         runtime.stop()
 
