@@ -91,26 +91,27 @@ def probe(url: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.health URL``: a smoke prediction against the bundle in $ONEBOX_MODEL_DIR.
+    """``python -m serving.health URL``: a smoke prediction through ``URL/models/NAME`` for every
+    bundle in $ONEBOX_MODEL_DIR.
 
     The compose runtime runs this inside a new model container before any traffic reaches it.
     """
-    import os
     import sys
-    from pathlib import Path
 
-    from serving.metadata import METADATA_FILE, MODEL_DIR_VARIABLE, ModelMetadata
+    from serving.model_routes import ServedModels
 
     args = sys.argv[1:] if argv is None else argv
     url = args[0] if args else "http://127.0.0.1:3000"
-    meta = ModelMetadata.read(Path(os.environ[MODEL_DIR_VARIABLE]) / METADATA_FILE)
+    models = ServedModels.from_environment()
     try:
         wait_until_ready(url, timeout_s=30)
-        smoke_predict(url, expected_version=meta.model_version, image_shape=meta.image_shape)
+        for name, meta in models.metadata.items():
+            smoke_predict(f"{url}/models/{name}", expected_version=meta.model_version, image_shape=meta.image_shape)
     except ServingError as error:
         print(f"smoke check failed: {error}", file=sys.stderr)
         return 1
-    print(f"model {meta.model_name} v{meta.model_version} answers at {url}")
+    for name, meta in models.metadata.items():
+        print(f"model {name} v{meta.model_version} answers at {url}/models/{name}")
     return 0
 
 

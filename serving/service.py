@@ -1,7 +1,11 @@
-"""The BentoML service that serves one model bundle (ONNX Runtime, no torch).
+"""The BentoML service that serves one model bundle or several (ONNX Runtime, no torch).
 
 Run it with ``ONEBOX_MODEL_DIR=/path/to/bundle bentoml serve serving.service:Classifier``; the
-local and compose runtimes do exactly that. Swagger UI: ``/`` (``/docs`` leads there).
+local and compose runtimes do exactly that. Several bundles (each a different model) are joined
+with ``os.pathsep``: model NAME answers at ``/models/NAME/predict``, ``/predict_batch``,
+``/metadata``, ``/docs.json`` and its Swagger page ``/models/NAME/``; the unprefixed routes answer
+for ``ONEBOX_DEFAULT_MODEL`` (else the first bundle); ``/`` is the index of the served models
+(serving/model_routes.py, ``/docs`` leads to the default model's page).
 
 For a small model the serving layer, not the model, is the cost: ONNX Runtime took about 4% of a
 stock service's CPU. So this service runs lean (measured in benchmarks/serving.py):
@@ -31,15 +35,16 @@ import numpy as np
 from bentoml.exceptions import InvalidArgument
 from bentoml.validators import ContentType
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field, RootModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.errors import UnwrapErrorMiddleware
-from serving.metadata import METADATA_FILE, MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
+from serving.metadata import WORKERS_VARIABLE
+from serving.model_routes import MODEL_SCOPE_KEY, ModelRoutes, ServedModels, describe_model
 from serving.predictor import OnnxPredictor
 from serving.uploads import UploadError, read_file_field
+from storage.errors import ModelError
 from storage.images import ImageDecodeError
 
 ACCESS_LOG_VARIABLE = "ONEBOX_SERVE_ACCESS_LOG"
@@ -47,32 +52,17 @@ ACCESS_LOG_VARIABLE = "ONEBOX_SERVE_ACCESS_LOG"
 web = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@web.get("/docs", include_in_schema=False)
-def docs() -> RedirectResponse:
-    return RedirectResponse(url="/")
-
-
 class ModelService(bentoml.Service):  # type: ignore[misc, unused-ignore]  # bentoml is untyped
-    """A bentoml Service whose Swagger page explains the served model to non-developers."""
+    """A bentoml Service whose Swagger page explains the default model to non-developers (each
+    model's own page, ``/models/NAME/``, explains that model: serving/model_routes.py)."""
 
     @property
     def doc(self) -> str:
-        bundle = os.environ.get(MODEL_DIR_VARIABLE)
-        if not bundle or not (Path(bundle) / METADATA_FILE).is_file():
+        try:
+            models = ServedModels.from_environment()
+        except ModelError:  # not serving (bentoml build, or the variable unset): BentoML's own text
             return str(super().doc)
-        meta = ModelMetadata.read(Path(bundle) / METADATA_FILE)
-        accuracy = meta.metrics.get("test_accuracy")
-        channels, height, width = meta.image_shape
-        return (
-            f"Model **{meta.model_name} v{meta.model_version}**, trained on dataset "
-            f"`{meta.dataset_name}:{meta.dataset_version}`"
-            + (f", test accuracy **{accuracy:.2%}**" if accuracy is not None else "")
-            + f".\n\nClasses: {', '.join(meta.classes)}.\n\n"
-            "**Try it:** open `POST /predict` below, press *Try it out*, choose a PNG or JPEG image and press "
-            f"*Execute*. Images of any size, gray or color, are converted to {height}x{width} "
-            f"{'gray' if channels == 1 else 'color'} as the training data was. "
-            "`GET /metadata` tells which model answers."
-        )
+        return describe_model(models.metadata[models.default])
 
 
 class Prediction(BaseModel):
@@ -126,39 +116,44 @@ def json_response(answer: Any) -> Response:
 )
 @bentoml.asgi_app(web, path="/")
 class Classifier:
-    """Classify images with the model in $ONEBOX_MODEL_DIR."""
+    """Classify images with the models in $ONEBOX_MODEL_DIR (one bundle, or several)."""
 
     def __init__(self) -> None:
-        bundle = os.environ.get(MODEL_DIR_VARIABLE)
-        if not bundle:
-            raise RuntimeError(f"{MODEL_DIR_VARIABLE} is not set: it must name a model bundle folder")
-        self.predictor = OnnxPredictor.from_directory(Path(bundle))
+        models = ServedModels.from_environment()
+        self.predictors = {name: OnnxPredictor.from_directory(bundle) for name, bundle in models.bundles.items()}
+        self.default = self.predictors[models.default]
         # Everything imported and built so far lives as long as the worker. Frozen, the garbage
         # collector stops scanning it: a full collection took about 65 ms here, long enough to
         # show in the 99th-percentile latency.
         gc.freeze()
 
     @bentoml.api(route="/predict", input_spec=ImageUpload, output_spec=Prediction)  # type: ignore[untyped-decorator, unused-ignore]
-    async def predict(self, image: bytes) -> Response:
+    async def predict(self, image: bytes, ctx: bentoml.Context) -> Response:
         """Upload one PNG or JPEG image (any size, gray or color); get its label and probabilities."""
         try:
-            return json_response(self.predictor.predict_image(image, source="image"))
+            return json_response(self._predictor(ctx.request).predict_image(image, source="image"))
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
 
     @bentoml.api(route="/predict_batch", output_spec=Predictions)  # type: ignore[untyped-decorator, unused-ignore]
-    async def predict_batch(self, images: np.ndarray) -> Response:
+    async def predict_batch(self, images: np.ndarray, ctx: bentoml.Context) -> Response:
         """Classify a batch of pixel arrays (0-255) shaped like the model input (see /metadata)."""
         try:
-            return json_response(self.predictor.predict_arrays(np.asarray(images)))
+            return json_response(self._predictor(ctx.request).predict_arrays(np.asarray(images)))
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
 
     @web.get("/metadata")
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self, request: Request) -> dict[str, Any]:
         """Which model this is: name, version, MLflow run id, dataset version and test metrics."""
-        return self.predictor.metadata.to_dict()
+        return self._predictor(request).metadata.to_dict()
+
+    def _predictor(self, request: Request) -> OnnxPredictor:
+        # ModelRoutes put the model's name there, having checked it is served; absent: the default.
+        return self.predictors.get(request.scope.get(MODEL_SCOPE_KEY, ""), self.default)
 
 
-# The decorators turned the class into a bentoml Service, which mypy cannot see.
+# The decorators turned the class into a bentoml Service, which mypy cannot see. The first
+# middleware added is the outer one: model routes see the request before the error unwrapping.
+Classifier.add_asgi_middleware(ModelRoutes)  # type: ignore[attr-defined]
 Classifier.add_asgi_middleware(UnwrapErrorMiddleware)  # type: ignore[attr-defined]

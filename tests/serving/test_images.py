@@ -49,6 +49,21 @@ def test_serving_image_files_import_nothing_it_lacks(relative: str) -> None:
         assert f"from {package}" not in source
 
 
+def test_serving_image_files_hold_everything_the_service_imports() -> None:
+    import ast
+
+    wanted, seen = ["serving/service.py", "serving/health.py"], set()
+    while wanted:
+        relative = wanted.pop()
+        seen.add(relative)
+        for node in ast.walk(ast.parse((SOURCE_ROOT / relative).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("serving", "storage"):
+                module = node.module.replace(".", "/") + ".py"
+                if module not in seen:
+                    wanted.append(module)
+    assert seen <= set(SERVING_FILES)
+
+
 @pytest.mark.docker
 def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path: Path) -> None:
     from serving.docker_client import docker_client
