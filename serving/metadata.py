@@ -7,13 +7,15 @@ the predictor keeps ``onebox status`` and ``onebox stop`` from importing the inf
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
-MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle a model server loads
+MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle(s) a model server loads, joined with os.pathsep
+DEFAULT_MODEL_VARIABLE = "ONEBOX_DEFAULT_MODEL"  # the model the unprefixed routes answer for
 WORKERS_VARIABLE = "ONEBOX_SERVE_WORKERS"  # its worker processes
 
 
@@ -29,17 +31,26 @@ class ModelMetadata:
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]  # channels, height, width
     metrics: dict[str, float] = field(default_factory=dict)
-    trained: str = ""  # ISO time of the training run's registration; "" in bundles from before it was kept
+    trained: str = ""  # ISO timestamp of the training run; "" in bundles made before it was recorded
 
     @classmethod
     def read(cls, path: Path) -> ModelMetadata:
+        """Read a bundle's metadata; fields this version does not know are left out, so a server
+        reads bundles written by a newer onebox (an older one failed on ``trained``)."""
         raw = json.loads(path.read_text())
         raw["classes"] = tuple(raw["classes"])
         raw["image_shape"] = tuple(raw["image_shape"])
-        return cls(**raw)
+        known = {spec.name for spec in fields(cls)}
+        return cls(**{name: value for name, value in raw.items() if name in known})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def bundle_folders(value: str) -> list[Path]:
+    """The bundle folders named by a value of ``ONEBOX_MODEL_DIR``: one folder, or several joined
+    with ``os.pathsep`` (one model server serving several models)."""
+    return [Path(part) for part in value.split(os.pathsep) if part.strip()]
