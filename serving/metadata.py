@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.images import Preprocessing
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -29,6 +32,9 @@ class ModelMetadata:
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]  # channels, height, width
     metrics: dict[str, float] = field(default_factory=dict)
+    # storage.images.Preprocessing.to_dict() of the training data; bundles made before it was
+    # recorded were trained on stretched images: {} means that.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> ModelMetadata:
@@ -36,6 +42,14 @@ class ModelMetadata:
         raw["classes"] = tuple(raw["classes"])
         raw["image_shape"] = tuple(raw["image_shape"])
         return cls(**raw)
+
+    def conversion(self) -> Preprocessing:
+        """How an upload becomes this model's input: exactly as its training images were made."""
+        from storage.images import Preprocessing
+
+        channels, height, width = self.image_shape
+        recorded = {"resize": "stretch", **self.preprocessing}
+        return Preprocessing.from_dict({**recorded, "channels": channels, "height": height, "width": width})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
