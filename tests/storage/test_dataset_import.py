@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -156,6 +158,33 @@ def test_three_concurrent_imports_of_one_folder_agree(tmp_path: Path, settings: 
     [version] = list_datasets(settings)
     assert [p.name for p in (settings.datasets_dir / "photos").iterdir()] == [version.version]
     assert open_images(version).read_many(np.arange(24)).shape == (24, 3, 48, 64)
+
+
+def _import_then_kill_9_halfway(source: str, home: str) -> None:
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "convert" and done == total // 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` would, while holding the import's locks
+
+    import_image_folder(Path(source), name="photos", settings=Settings(home=Path(home)), progress=progress)
+
+
+def test_an_import_killed_halfway_leaves_nothing_cataloged_and_the_next_one_works(
+    tmp_path: Path, settings: Settings
+) -> None:
+    source = make_photos(tmp_path / "src", per_class=10)
+    killed = multiprocessing.get_context("spawn").Process(
+        target=_import_then_kill_9_halfway, args=(str(source), str(settings.home))
+    )
+    killed.start()
+    killed.join(timeout=120)
+    assert killed.exitcode == -signal.SIGKILL
+    assert list_datasets(settings) == []
+    assert not (settings.datasets_dir / "photos").exists()
+    [left] = [p for p in (settings.datasets_dir / ".importing").iterdir() if p.is_dir()]
+    version = import_image_folder(source, name="photos", settings=settings)  # the lock died with the process
+    assert version.num_images == 20
+    assert not left.exists()
+    assert open_images(version).read_many(np.arange(20)).shape == (20, 3, 48, 64)
 
 
 def test_an_interrupted_import_is_redone(tmp_path: Path, settings: Settings) -> None:
