@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast, get_args
 
 import numpy as np
@@ -196,6 +196,11 @@ class Preprocessing:
         """
         draft = (self.width, self.height) if self.jpeg_draft else None
         return self.convert(decode_image(data, source=source, draft=draft))
+
+    def resized(self, *, image_size: tuple[int, int] | None = None, resize: Resize | None = None) -> Preprocessing:
+        """The same conversion at another (height, width) and/or resize policy: a run's own choice."""
+        height, width = image_size or (self.height, self.width)
+        return replace(self, height=height, width=width, resize=resize or self.resize)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

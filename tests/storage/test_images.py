@@ -176,3 +176,12 @@ def test_preprocessing_round_trips_and_old_records_mean_stretch() -> None:
     chosen = Preprocessing(3, 32, 48, "pad", jpeg_draft=True)
     assert Preprocessing.from_dict(chosen.to_dict()) == chosen
     assert Preprocessing.from_dict({"channels": 1, "height": 8, "width": 8}) == Preprocessing(1, 8, 8, "stretch", False)
+
+
+def test_a_run_can_resize_a_recorded_preprocessing() -> None:
+    recorded = Preprocessing(3, 48, 64, "stretch", jpeg_draft=True)
+    assert recorded.resized(image_size=(224, 224), resize="crop") == Preprocessing(3, 224, 224, "crop", True)
+    assert recorded.resized(resize="pad") == Preprocessing(3, 48, 64, "pad", True)
+    assert recorded.resized() == recorded
+    with pytest.raises(ParameterError, match="out of range"):
+        recorded.resized(image_size=(0, 5))
