@@ -137,9 +137,19 @@ def _existing(settings: Settings, name: str, version: str) -> DatasetVersion | N
 
 
 def _convert(
-    scanned: list[_File], staging: Path, preprocessing: Preprocessing, bad: list[str], progress: ImportProgress | None
+    scanned: list[_File],
+    staging: Path,
+    preprocessing: Preprocessing,
+    bad: list[str],
+    progress: ImportProgress | None,
+    *,
+    store: bool,
 ) -> list[_File]:
-    """Pass 2: decode, convert and store each image, and copy its file; returns the files kept."""
+    """Pass 2: decode, convert and store each image, and copy its file; returns the files kept.
+
+    With ``store`` false (the folder will be refused anyway) images are only decoded, so that
+    every bad file is found and listed at once, and nothing is written.
+    """
     writer = ImageStoreWriter(staging, preprocessing)
     kept: list[_File] = []
     try:
@@ -154,11 +164,12 @@ def _convert(
             except OSError as error:
                 bad.append(f"{file.path}: cannot be read ({error.strerror or error})")
             else:
-                writer.add(image, label=file.label, relative=file.relative)
-                target = staging / "files" / file.relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
                 kept.append(file)
+                if store:
+                    writer.add(image, label=file.label, relative=file.relative)
+                    target = staging / "files" / file.relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
             if progress:
                 progress("convert", done, len(scanned))
     except BaseException:
@@ -207,7 +218,7 @@ def import_folder(
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{name}-{planned}-", dir=work))
         try:
-            kept = _convert(scanned, staging, preprocessing, bad, progress)
+            kept = _convert(scanned, staging, preprocessing, bad, progress, store=skip_bad or not bad)
             _refuse_or_list(source, bad, skip_bad=skip_bad, staging=staging)
             counts = Counter(f.label for f in kept)
             if empty := [c for index, c in enumerate(classes) if not counts[index]]:
