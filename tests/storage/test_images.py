@@ -185,3 +185,17 @@ def test_a_run_can_resize_a_recorded_preprocessing() -> None:
     assert recorded.resized() == recorded
     with pytest.raises(ParameterError, match="out of range"):
         recorded.resized(image_size=(0, 5))
+
+
+def test_an_exif_rotated_photo_is_measured_and_decoded_upright() -> None:
+    import io
+
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees": stored 60 wide, shown 60 tall
+    Image.new("RGB", (60, 20), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
+    header = read_header(buffer.getvalue(), source="phone.jpg")
+    assert (header.width, header.height) == (20, 60)
+    assert decode_image(buffer.getvalue()).size == (20, 60)
+    # The draft size is asked in the stored orientation: reduced 4x, still upright.
+    assert decode_image(buffer.getvalue(), draft=(5, 15)).size == (5, 15)
