@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import threading
 from pathlib import Path
 
 from storage.settings import Settings
-from tests.flows.test_cli import onebox
+from tests.flows.test_cli import ONEBOX, onebox
 from tests.storage.test_dataset_import import add_bad_files, make_photos
 
 
@@ -53,3 +56,35 @@ def test_impossible_sizes_and_policies_are_one_line_errors(settings: Settings, t
         assert result.returncode == 1, args
         assert expected in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_terminal_gets_a_progress_bar(settings: Settings, tmp_path: Path) -> None:
+    source = make_photos(tmp_path / "src")
+    controller, terminal = os.openpty()
+    output = bytearray()
+
+    def drain() -> None:  # read while it runs, so a full pseudo-terminal buffer never blocks it
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    env = {**os.environ, "ONEBOX_HOME": str(settings.home), "COLUMNS": "100", "TERM": "xterm"}
+    try:
+        done = subprocess.run([ONEBOX, "data", "import", str(source), "--name", "photos"], stdin=terminal,
+                              stdout=terminal, stderr=terminal, env=env, timeout=120, check=False)  # fmt: skip
+    finally:
+        os.close(terminal)
+    reader.join(timeout=30)
+    os.close(controller)
+    text = output.decode(errors="replace")
+    assert done.returncode == 0, text
+    assert "\u2501" in text  # the bar itself (rich draws it with heavy horizontal lines)
+    assert "12/12" in text
+    assert "hashing and reading headers: 12/12 images" not in text  # the log lines are for non-terminals
