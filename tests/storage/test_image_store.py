@@ -105,3 +105,36 @@ def test_a_version_whose_images_are_gone_says_so(tmp_path: Path, settings: Setti
         (version.path / name).unlink()
     with pytest.raises(DatasetError, match="has no images; import the dataset again"):
         len(DatasetImages(version))
+
+
+class Pairs:
+    """A map-style dataset over the store, as a training loop would wrap it (pickled to spawned workers)."""
+
+    def __init__(self, images: DatasetImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.images.read(index), int(self.images.labels[index])
+
+
+def test_a_torch_dataloader_reads_the_store_in_worker_processes(tmp_path: Path, settings: Settings) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    version = import_image_folder(make_photos(tmp_path / "src"), name="photos", settings=settings)
+    images = open_images(version)
+    images.read(0)  # an open file in the parent: forked workers inherit it, spawned ones open their own
+    for context in ("fork", "spawn"):
+        loader: DataLoader[tuple[np.ndarray, int]] = DataLoader(
+            Pairs(images),  # type: ignore[arg-type]  # any object with __len__ and __getitem__ serves
+            batch_size=5,
+            num_workers=2,
+            multiprocessing_context=context,
+        )
+        batches = list(loader)
+        pixels = torch.cat([batch[0] for batch in batches]).numpy()
+        assert np.array_equal(pixels, images.read_many(np.arange(12))), context
+        assert torch.cat([batch[1] for batch in batches]).tolist() == images.labels.tolist()
