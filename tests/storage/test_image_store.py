@@ -120,6 +120,7 @@ class Pairs:
         return self.images.read(index), int(self.images.labels[index])
 
 
+@pytest.mark.slow  # torch in four worker processes: seconds
 def test_a_torch_dataloader_reads_the_store_in_worker_processes(tmp_path: Path, settings: Settings) -> None:
     import torch
     from torch.utils.data import DataLoader
