@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cli import cli_table, cli_targets
+from benchmarks.dataset_import import import_table, import_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -123,6 +124,8 @@ def targets_table(data: dict[str, Any]) -> list[str]:
         ]  # fmt: skip
     if data.get("cli"):
         rows += cli_targets(data["cli"])
+    if data.get("dataset_import"):
+        rows += import_targets(data["dataset_import"])
     if pipeline:
         measured = (
             f"{pipeline['flow_vs_plain']}x ({pipeline['flow_median_s']} vs {pipeline['plain_script_median_s']} s)"
@@ -135,6 +138,8 @@ def other_tables(data: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if data.get("cli"):
         lines += cli_table(data["cli"], data.get("cli-before"))
+    if data.get("dataset_import"):
+        lines += import_table(data["dataset_import"])
     runtimes, appliance, pipeline = data.get("runtimes"), data.get("appliance"), data.get("pipeline")
     if runtimes:
         lines += [
@@ -248,7 +253,8 @@ def summary(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    data = {name: _load(name) for name in ("appliance", "serving", "runtimes", "pipeline", "cli", "cli-before")}
+    names = ("appliance", "serving", "runtimes", "pipeline", "cli", "cli-before", "dataset_import")
+    data = {name: _load(name) for name in names}
     plots(data)
     text = summary(data)
     (RESULTS / "summary.md").write_text(text)

@@ -118,6 +118,7 @@ def log_training(
         "dataset_version": dataset.version,
         "classes": list(dataset.classes),
         "image_shape": list(dataset.image_shape),
+        "preprocessing": dataset.preprocessing.to_dict(),  # serving converts uploads the same way
         "metrics": {"test_accuracy": evaluation.accuracy, "test_macro_f1": evaluation.macro_f1},
         "trained": datetime.now(UTC).isoformat(timespec="seconds"),
     }

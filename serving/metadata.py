@@ -10,7 +10,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.images import Preprocessing
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -32,6 +35,9 @@ class ModelMetadata:
     image_shape: tuple[int, int, int]  # channels, height, width
     metrics: dict[str, float] = field(default_factory=dict)
     trained: str = ""  # ISO timestamp of the training run; "" in bundles made before it was recorded
+    # storage.images.Preprocessing.to_dict() of the training data; bundles made before it was
+    # recorded were trained on stretched images: {} means that.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> ModelMetadata:
@@ -42,6 +48,14 @@ class ModelMetadata:
         raw["image_shape"] = tuple(raw["image_shape"])
         known = {spec.name for spec in fields(cls)}
         return cls(**{name: value for name, value in raw.items() if name in known})
+
+    def conversion(self) -> Preprocessing:
+        """How an upload becomes this model's input: exactly as its training images were made."""
+        from storage.images import Preprocessing
+
+        channels, height, width = self.image_shape
+        recorded = {"resize": "stretch", **self.preprocessing}
+        return Preprocessing.from_dict({**recorded, "channels": channels, "height": height, "width": width})
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
 from storage.errors import ModelError
-from storage.images import ImageDecodeError, decode_image, normalize, to_model_array
+from storage.images import ImageDecodeError, normalize
 
 MAX_BATCH = 1024
 ORT_THREADS_VARIABLE = "ONEBOX_ORT_THREADS"  # ONNX Runtime's threads in each worker
@@ -43,6 +43,7 @@ class OnnxPredictor:
         self.metadata = metadata
         self.session = create_session(model_path)
         self.input_name = self.session.get_inputs()[0].name
+        self.preprocessing = metadata.conversion()
 
     @classmethod
     def from_directory(cls, bundle: Path) -> OnnxPredictor:
@@ -76,13 +77,12 @@ class OnnxPredictor:
         }
 
     def predict_image(self, data: bytes, *, source: str = "image") -> dict[str, Any]:
-        """Predict one encoded image (PNG or JPEG of any size, gray or color).
+        """Predict one encoded image (PNG or JPEG of any size, gray or color), converted as the training data was.
 
         Raises:
-            ImageDecodeError: the bytes are not a readable image.
+            ImageDecodeError: the bytes are not a readable image (or too many pixels for one).
         """
-        channels, height, width = self.metadata.image_shape
-        array = to_model_array(decode_image(data, source=source), channels=channels, height=height, width=width)
+        array = self.preprocessing.decode(data, source=source)
         return self.describe(self.probabilities(array[np.newaxis])[0])
 
     def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:

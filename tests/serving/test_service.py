@@ -9,6 +9,7 @@ import pytest
 from flows.prepare import split_dataset
 from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
 from tests.conftest import TrainedPipeline, png_bytes
+from tests.storage.test_images import bomb_png
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +55,21 @@ def test_larger_color_jpeg_is_converted_like_training_data(url: str, test_split)
     assert large["label"] == small["label"]
 
 
+def test_a_sixteen_bit_png_is_scaled_as_at_import(url: str, test_split) -> None:
+    digit = test_split.images[0][0].astype(np.uint16) * 257  # the same digit, 16 bits a pixel
+    wide = httpx.post(f"{url}/predict", files={"image": ("d16.png", png_bytes(digit), "image/png")})
+    narrow = httpx.post(f"{url}/predict", files={"image": ("d.png", png_bytes(test_split.images[0][0]), "image/png")})
+    assert wide.status_code == 200
+    assert wide.json()["probabilities"] == narrow.json()["probabilities"]
+
+
 def test_metadata_names_the_model(url: str, trained: TrainedPipeline) -> None:
     body = httpx.get(f"{url}/metadata").json()
     assert body["model_name"] == trained.result.model_name
     assert body["dataset_name"] == "digits"
     assert body["classes"] == [str(d) for d in range(10)]
     assert body["image_shape"] == [1, 8, 8]
+    assert body["preprocessing"]["resize"] == "stretch"  # as the digits were imported
     assert body["metrics"]["test_accuracy"] >= 0.9
 
 
@@ -85,6 +95,7 @@ def test_swagger_ui_and_docs(url: str, trained: TrainedPipeline) -> None:
         ({"image": ("cut.png", png_bytes(np.full((64, 64), 7, np.uint8))[:60], "image/png")}, "not a readable image"),
         ({"image": ("notes.txt", b"hello", "text/plain")}, "content type"),
         ({"other": ("x.png", b"x", "image/png")}, "image"),
+        ({"image": ("bomb.png", bomb_png(), "image/png")}, "too many pixels"),  # Pillow's own error, not a 500
     ],
 )
 def test_bad_uploads_get_a_4xx_json_error(url: str, files: dict, expected: str) -> None:

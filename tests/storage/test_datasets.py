@@ -49,7 +49,7 @@ def test_import_stores_a_versioned_copy_and_catalogs_it(tmp_path: Path, settings
 def test_same_content_same_version_nothing_copied_twice(tmp_path: Path, settings: Settings) -> None:
     source = make_folder(tmp_path / "src")
     first = import_image_folder(source, name="parts", settings=settings)
-    marker = first.path / "arrays.npz"
+    marker = first.path / "images.u8"
     stamp = marker.stat().st_mtime_ns
     second = import_image_folder(source, name="parts", settings=settings)
 
