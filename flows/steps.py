@@ -12,8 +12,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows import evaluate, export, prepare, promote, report, tracking, train
+from flows import evaluate, export, model_build, model_record, prepare, promote, report, tracking, train
+from flows.model_weights import resolve_weights_file
 from flows.parameters import TrainingParameters
+from serving.checkout import SOURCE_ROOT
 from storage.datasets import load_dataset, resolve_dataset
 from storage.settings import Settings
 
@@ -36,6 +38,31 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
     return prepare.split_dataset(load_dataset(version), seed=seed)
 
 
+@task(name="build-model", cache_policy=NO_CACHE)
+def build_model(
+    settings: Settings, data: prepare.PreparedData, parameters: TrainingParameters
+) -> model_build.BuiltModel:
+    """The run's model, built and checked on one batch of the dataset's shape: before anything is stored."""
+    weights = None
+    if parameters.init_weights:
+        roots = (Path.cwd(), settings.home, SOURCE_ROOT)
+        weights = resolve_weights_file(parameters.init_weights, roots=roots)
+    built = model_build.build_model(
+        parameters.model_code,
+        hyperparameters=dict(parameters.model_hyperparameters),
+        num_classes=len(data.classes),
+        input_shape=data.dataset.image_shape,
+        seed=parameters.seed,
+        init_weights=weights,
+    )
+    size = sum(p.numel() for p in built.module.parameters())
+    print(f"model {parameters.model_code}: {type(built.module).__name__}, {size:,} parameters, {built.hyperparameters}")
+    if weights is not None:
+        fresh = ", ".join(built.reinitialised) or "none"
+        print(f"initial weights {weights}; re-initialised for {len(data.classes)} classes: {fresh}")
+    return built
+
+
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int) -> str:
     tags = {"onebox.flow": "training-pipeline"}
@@ -47,7 +74,9 @@ def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int) 
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_model(data: prepare.PreparedData, parameters: TrainingParameters) -> train.TrainingResult:
+def train_model(
+    data: prepare.PreparedData, model: model_build.BuiltModel, parameters: TrainingParameters
+) -> train.TrainingResult:
     def print_epoch(stats: train.EpochStats) -> None:
         print(
             f"epoch {stats.epoch}/{parameters.epochs}: loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f} "
@@ -56,6 +85,7 @@ def train_model(data: prepare.PreparedData, parameters: TrainingParameters) -> t
 
     result = train.train_model(
         data,
+        model.module,
         epochs=parameters.epochs,
         learning_rate=parameters.learning_rate,
         batch_size=parameters.batch_size,
@@ -77,7 +107,7 @@ def evaluate_model(data: prepare.PreparedData, training: train.TrainingResult) -
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_model(data: prepare.PreparedData, training: train.TrainingResult, folder: Path) -> export.ExportCheck:
-    onnx_path = export.export_onnx(training.model, folder / "model.onnx")
+    onnx_path = export.export_onnx(training.model, folder / "model.onnx", input_shape=data.dataset.image_shape)
     check = export.check_export(training.model, onnx_path, data.test.images)
     print(
         f"ONNX parity: max |logit diff| {check.max_abs_logit_diff:.2e}, top-1 agreement "
@@ -97,11 +127,13 @@ def log_run(
     evaluation: evaluate.Evaluation,
     check: export.ExportCheck,
     onnx_path: Path,
+    model: model_build.BuiltModel,
 ) -> str:
+    model_record.log_model_code(settings, run_id, model, training.model)
     return tracking.log_training(
         settings,
         run_id,
-        params=parameters.hyperparameters(),
+        params={**parameters.hyperparameters(), **model_record.params(model)},
         data=data,
         training=training,
         evaluation=evaluation,
