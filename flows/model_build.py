@@ -15,8 +15,11 @@ import torch
 from torch import nn
 
 from flows.model_code import ModelCode, load_model_code, one_line, validate_hyperparameters
-from flows.model_weights import load_initial_weights
+from flows.model_weights import load_initial_weights, resolve_weights_file
+from flows.parameters import TrainingParameters
+from serving.checkout import SOURCE_ROOT
 from storage.errors import ModelError
+from storage.settings import Settings
 
 PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
 # Sides tried when the dataset's images are too small for an architecture, to name its minimum.
@@ -41,6 +44,25 @@ def _forward(module: nn.Module, shape: tuple[int, ...], *, training: bool) -> ob
     module.train(training)
     with torch.no_grad():
         return module(batch)
+
+
+def _failing_layer(module: nn.Module, shape: tuple[int, ...], *, training: bool) -> str:
+    """The innermost submodule running when the forward pass failed, as ``name (Type)``."""
+    running: list[str] = []
+    handles = []
+    for name, layer in module.named_modules():
+        if not name:
+            continue
+        handles.append(layer.register_forward_pre_hook(lambda _m, _a, name=name: running.append(name)))
+        handles.append(layer.register_forward_hook(lambda _m, _a, _o: running.pop()))
+    try:
+        _forward(module, shape, training=training)
+    except Exception:
+        return f" in layer {running[-1]!r} ({type(module.get_submodule(running[-1])).__name__})" if running else ""
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ""
 
 
 def _minimum_side(module: nn.Module, input_shape: tuple[int, int, int]) -> int | None:
@@ -74,9 +96,12 @@ def check_forward(module: nn.Module, *, spec: str, num_classes: int, input_shape
         try:
             output = _forward(module, shape, training=training)
         except Exception as error:
+            layer = _failing_layer(module, shape, training=training)
             side = _minimum_side(module, input_shape)
             hint = f"; it needs images of at least about {side}x{side} pixels" if side else ""
-            raise ModelError(f"{spec} fails on a {shown} image batch ({mode} mode): {one_line(error)}{hint}") from error
+            raise ModelError(
+                f"{spec} fails{layer} on a {shown} image batch ({mode} mode): {one_line(error)}{hint}"
+            ) from error
         finally:
             with torch.no_grad():
                 for name, buffer in module.named_buffers():
@@ -135,4 +160,25 @@ def build_model(
         input_shape=input_shape,
         init_weights=init_weights,
         reinitialised=tuple(reinitialised),
+    )
+
+
+def build_run_model(
+    parameters: TrainingParameters, settings: Settings, *, num_classes: int, input_shape: tuple[int, int, int]
+) -> BuiltModel:
+    """:func:`build_model` for a run's parameters: the flow's first step, and ``onebox train``'s check.
+
+    A relative weights file is looked for in the current folder, then under ONEBOX_HOME (mounted
+    at the same path in the worker container), then in the checkout.
+    """
+    weights = None
+    if parameters.init_weights:
+        weights = resolve_weights_file(parameters.init_weights, roots=(Path.cwd(), settings.home, SOURCE_ROOT))
+    return build_model(
+        parameters.model_code,
+        hyperparameters=dict(parameters.model_hyperparameters),
+        num_classes=num_classes,
+        input_shape=input_shape,
+        seed=parameters.seed,
+        init_weights=weights,
     )

@@ -180,7 +180,7 @@ def flat_parameters(
     model: type[M],
     *,
     extras: Callable[[str, FieldInfo], tuple[object, ...]] = lambda name, field: (),
-    types: Mapping[str, Any] | None = None,
+    types: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Give ``function(parameters: model, **own)`` a flat keyword signature: one parameter per field.
 
@@ -191,8 +191,9 @@ def flat_parameters(
 
     Args:
         extras: more ``Annotated`` metadata per field (a typer ``Option``, say).
-        types: a parameter type per field name, in place of the field's (the CLI takes the model's
-            hyperparameters as repeated ``NAME=VALUE`` strings, the form as one object).
+        types: a parameter ``(type, default)`` per field name, in place of the field's (the CLI
+            takes the model's hyperparameters as repeated ``NAME=VALUE`` strings, the form as one
+            object); the model must accept that type too.
     """
     types = types or {}
 
@@ -207,8 +208,8 @@ def flat_parameters(
             inspect.Parameter(
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=field.default,
-                annotation=annotated(field, *extras(name, field), annotation=types.get(name)),
+                default=types[name][1] if name in types else field.default,
+                annotation=annotated(field, *extras(name, field), annotation=types[name][0] if name in types else None),
             )
             for name, field in model.model_fields.items()
         ]

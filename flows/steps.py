@@ -13,9 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows import evaluate, export, model_build, model_record, prepare, promote, report, tracking, train
-from flows.model_weights import resolve_weights_file
 from flows.parameters import TrainingParameters
-from serving.checkout import SOURCE_ROOT
 from storage.datasets import load_dataset, resolve_dataset
 from storage.settings import Settings
 
@@ -43,23 +41,14 @@ def build_model(
     settings: Settings, data: prepare.PreparedData, parameters: TrainingParameters
 ) -> model_build.BuiltModel:
     """The run's model, built and checked on one batch of the dataset's shape: before anything is stored."""
-    weights = None
-    if parameters.init_weights:
-        roots = (Path.cwd(), settings.home, SOURCE_ROOT)
-        weights = resolve_weights_file(parameters.init_weights, roots=roots)
-    built = model_build.build_model(
-        parameters.model_code,
-        hyperparameters=dict(parameters.model_hyperparameters),
-        num_classes=len(data.classes),
-        input_shape=data.dataset.image_shape,
-        seed=parameters.seed,
-        init_weights=weights,
+    built = model_build.build_run_model(
+        parameters, settings, num_classes=len(data.classes), input_shape=data.dataset.image_shape
     )
     size = sum(p.numel() for p in built.module.parameters())
     print(f"model {parameters.model_code}: {type(built.module).__name__}, {size:,} parameters, {built.hyperparameters}")
-    if weights is not None:
+    if built.init_weights is not None:
         fresh = ", ".join(built.reinitialised) or "none"
-        print(f"initial weights {weights}; re-initialised for {len(data.classes)} classes: {fresh}")
+        print(f"initial weights {built.init_weights}; re-initialised for {len(data.classes)} classes: {fresh}")
     return built
 
 

@@ -27,7 +27,7 @@ app = typer.Typer()
 OPTION_NAMES = {"learning_rate": "--lr", "deploy": "--deploy/--no-deploy", "model_hyperparameters": "--hp"}
 # The model's own hyperparameters: `--hp width=64 --hp depth=3` on the command line, one object in
 # the run form; TrainingParameters turns the list into that object.
-CLI_TYPES = {"model_hyperparameters": list[str]}
+CLI_TYPES: dict[str, tuple[Any, Any]] = {"model_hyperparameters": (list[str], [])}
 
 
 def _metavar(field: FieldInfo) -> str:
@@ -110,7 +110,12 @@ def train(
     from storage.datasets import resolve_dataset
 
     current = settings()
-    resolve_dataset(parameters.dataset, parameters.dataset_version, current)
+    version = resolve_dataset(parameters.dataset, parameters.dataset_version, current)
+    # Bad model code, hyperparameters or weights: one line now, before a server or worker starts.
+    # The flow builds the model again where it runs (the worker may be elsewhere).
+    from flows.model_build import build_run_model
+
+    build_run_model(parameters, current, num_classes=len(version.classes), input_shape=version.image_shape)
     if current.runtime == "compose" and not here:
         from flows.remote import online_workers
 
