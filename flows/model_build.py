@@ -79,7 +79,9 @@ def _minimum_side(module: nn.Module, input_shape: tuple[int, int, int]) -> int |
     return None
 
 
-def check_forward(module: nn.Module, *, spec: str, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+def check_forward(
+    module: nn.Module, *, spec: str, num_classes: int, input_shape: tuple[int, int, int], source: Path | None = None
+) -> None:
     """One forward pass in training and in evaluation mode on a batch of the dataset's shape.
 
     Training mode runs too because some networks (Inception's auxiliary head) answer differently
@@ -100,7 +102,7 @@ def check_forward(module: nn.Module, *, spec: str, num_classes: int, input_shape
             side = _minimum_side(module, input_shape)
             hint = f"; it needs images of at least about {side}x{side} pixels" if side else ""
             raise ModelError(
-                f"{spec} fails{layer} on a {shown} image batch ({mode} mode): {one_line(error)}{hint}"
+                f"{spec} fails{layer} on a {shown} image batch ({mode} mode): {one_line(error, source=source)}{hint}"
             ) from error
         finally:
             with torch.no_grad():
@@ -144,14 +146,16 @@ def build_model(
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"{model_code} raised while building the model: {one_line(error)}") from error
+        raise ModelError(
+            f"{model_code} raised while building the model: {one_line(error, source=code.path)}"
+        ) from error
     if not isinstance(module, nn.Module):
         raise ModelError(f"{model_code} returned {type(module).__name__}, not a torch nn.Module")
     module = module.to("cpu")
     reinitialised: list[str] = []
     if init_weights is not None:
         reinitialised = load_initial_weights(module, init_weights, num_classes=num_classes, spec=model_code)
-    check_forward(module, spec=model_code, num_classes=num_classes, input_shape=input_shape)
+    check_forward(module, spec=model_code, num_classes=num_classes, input_shape=input_shape, source=code.path)
     return BuiltModel(
         module=module,
         code=code,

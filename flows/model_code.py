@@ -76,9 +76,14 @@ def resolve_model_file(path_text: str, *, roots: tuple[Path, ...] | None = None)
 
 
 def _execute(path: Path, source: str) -> types.ModuleType:
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{path}\0{source}".encode()).hexdigest()[:12]
+    name = f"onebox_model_code_{path.stem}_{digest}"
+    if name in sys.modules:
+        # The same text was run already (`onebox train` checks, then its flow builds): running it
+        # again would register its torch ops or classes twice.
+        return sys.modules[name]
     # A module in sys.modules of its own: pydantic and dataclasses resolve annotations through it.
-    module = types.ModuleType(f"onebox_model_code_{path.stem}_{digest}")
+    module = types.ModuleType(name)
     module.__file__ = str(path)
     sys.modules[module.__name__] = module
     try:
@@ -144,12 +149,18 @@ def load_model_code(spec: str) -> ModelCode:
     return load_model_file(resolve_model_file(path_text), function or DEFAULT_FUNCTION, spec=spec)
 
 
-def one_line(error: BaseException) -> str:
-    """``Type: first line of the message``, with the line of the model file when it has one."""
+def one_line(error: BaseException, *, source: Path | None = None) -> str:
+    """``Type: first line of the message``, with the line of the model file ``source`` it came from."""
+    import traceback
+
     text = str(error).strip().splitlines()
     message = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
     if isinstance(error, SyntaxError) and error.lineno:
         return f"{message} (line {error.lineno})"
+    if source is not None:
+        lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if frame.filename == str(source)]
+        if lines:
+            return f"{message} ({source.name} line {lines[-1]})"
     return message
 
 

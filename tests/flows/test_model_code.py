@@ -77,7 +77,7 @@ def test_a_relative_model_file_is_found_in_the_current_folder_then_the_checkout(
             "mynet.py:build",
             {},
             ModelError,
-            "raised while building the model: ValueError: width must be even",
+            "raised while building the model: ValueError: width must be even (mynet.py line 5)",
         ),
         (
             "def build(num_classes, input_shape):\n    return 'a model'\n",
