@@ -140,13 +140,15 @@ def load_model_code(spec: str) -> ModelCode:
 
         name = spec.split(":", 1)[1]
         return ModelCode(spec=spec, kind="torchvision", factory=torchvision_models.factory(name), function=name)
-    path_text, _, function = spec.rpartition(":") if spec.rpartition(":")[2].isidentifier() else (spec, "", "")
+    path_text, colon, function = spec.rpartition(":")
+    if not colon or not function.isidentifier():  # "models/mynet.py": the contract's function name
+        path_text, function = spec, DEFAULT_FUNCTION
     if not path_text.endswith(".py"):
         raise ModelError(
             f"model code {spec!r} is not 'builtin', 'torchvision:NAME' or 'PATH.py:FUNCTION' "
             "(e.g. models/mynet.py:build)"
         )
-    return load_model_file(resolve_model_file(path_text), function or DEFAULT_FUNCTION, spec=spec)
+    return load_model_file(resolve_model_file(path_text), function, spec=spec)
 
 
 def one_line(error: BaseException, *, source: Path | None = None) -> str:
