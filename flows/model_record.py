@@ -55,7 +55,10 @@ def git_tags(path: Path) -> dict[str, str]:
 
 def params(built: BuiltModel) -> dict[str, str]:
     """The model's validated hyperparameters as MLflow params: all as JSON, and one ``hp.NAME`` each."""
-    values = {f"{HYPERPARAMETER_PREFIX}{name}": json.dumps(value) for name, value in built.hyperparameters.items()}
+    values = {
+        f"{HYPERPARAMETER_PREFIX}{name}": value if isinstance(value, str) else json.dumps(value, default=str)
+        for name, value in built.hyperparameters.items()
+    }
     return {"model_hyperparameters": json.dumps(built.hyperparameters, sort_keys=True, default=str), **values}
 
 

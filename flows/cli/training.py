@@ -115,13 +115,17 @@ def train(
     # The flow builds the model again where it runs (the worker may be elsewhere).
     from flows.model_build import build_run_model
 
-    build_run_model(parameters, current, num_classes=len(version.classes), input_shape=version.image_shape)
+    built = build_run_model(parameters, current, num_classes=len(version.classes), input_shape=version.image_shape)
     if current.runtime == "compose" and not here:
         from flows.remote import online_workers
 
         workers = online_workers()
         if workers:
-            _train_on_worker(current, parameters, workers)
+            # The worker runs in the checkout, not in this folder: it gets the files this command found.
+            found = {"model_code": f"{built.code.path}:{built.code.function}"} if built.code.path else {}
+            if built.init_weights is not None:
+                found["init_weights"] = str(built.init_weights)
+            _train_on_worker(current, parameters.model_copy(update=found), workers)
             return
         console.print(
             "[yellow]no worker polls the pool 'onebox' (start one: onebox worker); training in this process, "
