@@ -141,6 +141,16 @@ def test_torchvision_by_name_fine_tunes_from_a_local_weights_file(home: Settings
     assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3)
     assert info.saved_input_example_info is not None
 
+    # The registered graph and the module rebuilt from the run's logged code compute the same logits.
+    import onnxruntime
+
+    graph = mlflow.onnx.load_model(f"models:/{home.model_name}/{result.model_version}")
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        rebuilt = rebuild_from_run(home, result.run_id)(torch.from_numpy(images)).numpy()
+    assert np.abs(session.run(None, {"images": images})[0] - rebuilt).max() < 1e-3
+
 
 BAD_MODELS = {
     "missing factory": ("def make(num_classes, input_shape):\n    return nn.Linear(1, 1)\n", {}, ModelError),
