@@ -29,6 +29,9 @@ class ImageNetInput(nn.Module):
     state dict and plain torchvision keys in ``network.state_dict()``.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, network: nn.Module, *, channels: int) -> None:
         super().__init__()
         self.network = network
