@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
-from flows.model import ConvClassifier
 from serving.predictor import create_session
 from storage.errors import ModelError
 from storage.images import normalize
@@ -44,21 +45,62 @@ class ExportCheck:
         return metrics
 
 
-def export_onnx(model: ConvClassifier, path: Path) -> Path:
-    """Write the model as a single-file ONNX graph with a dynamic batch dimension."""
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+SUMMARY_LINE = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>: (.+)$", re.MULTILINE)
+USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)')
+
+
+def export_failure(error: BaseException) -> str:
+    """torch.onnx's pages of advice condensed to one line: the failing step, op or line of code.
+
+    Its message has an "Exception summary" whose ``<class 'X'>: message`` lines name the cause
+    (the op ONNX has no function for, the data-dependent branch torch.export could not trace).
+    """
+    text = ANSI_CODES.sub("", str(error))
+    causes = SUMMARY_LINE.findall(text)
+    if causes:
+        # The first line of the summary is the root cause; "No ONNX function found for <op>" names the op.
+        name, message = causes[0]
+        reason = f"{name}: {message.strip()}"
+    else:
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        reason = f"{type(error).__name__}: {first}"
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    frame = USER_FRAME.search(text)
+    where = f" at {frame[1]}:{frame[2]} in {frame[3]}: {frame[4].strip()}" if frame else ""
+    step = "torch.export could not trace the model" if "torch.export" in text.split("\n")[0] else "ONNX export failed"
+    return f"{step}: {reason}{where}"
+
+
+def export_onnx(model: nn.Module, path: Path, *, input_shape: tuple[int, int, int]) -> Path:
+    """Write the model as a single-file ONNX graph with a dynamic batch dimension.
+
+    ``input_shape`` is the dataset's (C, H, W): the model's own attributes are not part of the
+    model-code contract.
+
+    Raises:
+        ModelError: the model cannot be exported, in one line naming the op or line of code.
+    """
     model = model.to("cpu").eval()
-    example = torch.zeros(2, *model.input_shape)
+    example = torch.zeros(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes={"images": {0: batch}},
-        external_data=False,
-        verbose=False,
-    )
+    try:
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            # By position: a researcher's forward may name its argument anything.
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    except Exception as error:
+        raise ModelError(
+            f"the model cannot be exported to ONNX, so it is not registered: {export_failure(error)}"
+        ) from error
     if program is None:
         raise ModelError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
@@ -76,7 +118,7 @@ def _median_ms(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def check_export(model: ConvClassifier, onnx_path: Path, images: np.ndarray, *, repeats: int = 30) -> ExportCheck:
+def check_export(model: nn.Module, onnx_path: Path, images: np.ndarray, *, repeats: int = 30) -> ExportCheck:
     """Compare ONNX Runtime with torch on ``images`` (uint8) and time both on CPU.
 
     Raises:
@@ -88,12 +130,20 @@ def check_export(model: ConvClassifier, onnx_path: Path, images: np.ndarray, *, 
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(inputs)).numpy()
     onnx_logits = session.run(None, {"images": inputs})[0]
-    max_diff = float(np.abs(torch_logits - onnx_logits).max())
+    if onnx_logits.shape != torch_logits.shape:
+        raise ModelError(
+            f"the ONNX export returns shape {onnx_logits.shape} where torch returns {torch_logits.shape}; "
+            "it is not registered"
+        )
+    difference = np.abs(torch_logits - onnx_logits)
+    max_diff = float(np.nan_to_num(difference, nan=np.inf).max())
     agreement = float((torch_logits.argmax(1) == onnx_logits.argmax(1)).mean())
     if max_diff > PARITY_TOLERANCE:
+        image, logit = (int(i) for i in np.argwhere(~(difference <= PARITY_TOLERANCE))[0])
         raise ModelError(
-            f"the ONNX export differs from torch by {max_diff:.2e} in logits "
-            f"(tolerance {PARITY_TOLERANCE:.0e}); the export is not served"
+            f"the ONNX export differs from torch by up to {max_diff:.2e} in logits (tolerance "
+            f"{PARITY_TOLERANCE:.0e}), first at test image {image}, logit {logit} "
+            f"({torch_logits[image, logit]:.4g} vs {onnx_logits[image, logit]:.4g}); it is not registered"
         )
     torch_ms: dict[int, float] = {}
     onnx_ms: dict[int, float] = {}

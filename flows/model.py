@@ -1,4 +1,4 @@
-"""The CNN onebox trains, sized from the dataset's image shape and class count."""
+"""The CNN onebox trains by default, sized from the dataset's image shape and class count."""
 
 from __future__ import annotations
 
@@ -50,3 +50,9 @@ class ConvClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self.features(images))
         return logits
+
+
+def build(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """The built-in model as a factory of the model-code contract (it has no hyperparameters)."""
+    channels, height, width = input_shape
+    return ConvClassifier(channels=channels, height=height, width=width, num_classes=num_classes)

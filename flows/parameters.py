@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import annotated_types
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 from storage.names import name_problem
@@ -29,6 +30,33 @@ def check_model_name(name: str | None) -> str | None:
     if name is not None and (problem := name_problem("model", name)):
         raise ValueError(problem)
     return name
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` from the command line: the value read as JSON when it is JSON, else as text.
+
+    ``width=64`` gives 64, ``dropout=0.2`` 0.2, ``act=relu`` "relu", ``sizes=[1,2]`` a list.
+
+    Raises:
+        ValueError: no ``=``, or no name before it.
+    """
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip().isidentifier():
+        raise ValueError(f"{text!r} is not NAME=VALUE (e.g. width=64)")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
+
+
+def _assignments_to_dict(value: object) -> object:
+    # The CLI's repeated --hp NAME=VALUE arrive as a list; the run form and the API send an object.
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return dict(parse_assignment(item) for item in value)
+    return value
+
+
+ModelHyperparameters = Annotated[dict[str, Any], BeforeValidator(_assignments_to_dict)]
 
 
 class TrainingParameters(BaseModel):
@@ -74,6 +102,34 @@ class TrainingParameters(BaseModel):
             le=1,
         ),
     ] = 0.0
+
+    model_code: Annotated[
+        str,
+        Field(
+            title="Model code",
+            description=(
+                "builtin (onebox's CNN), torchvision:NAME (e.g. torchvision:resnet18) or PATH.py:FUNCTION, "
+                "a model file in the checkout."
+            ),
+            min_length=1,
+        ),
+    ] = "builtin"
+    model_hyperparameters: Annotated[
+        ModelHyperparameters,
+        Field(
+            title="Model hyperparameters",
+            description=(
+                "The model's own values by name, e.g. {\"width\": 64}; a model file's Hyperparameters checks them."
+            ),
+        ),
+    ] = {}
+    init_weights: Annotated[
+        str | None,
+        Field(
+            title="Initial weights",
+            description="A state dict file under ONEBOX_HOME to fine-tune from (nothing is downloaded); empty: random.",
+        ),
+    ] = None
 
     # The dataset is tracked as the version the run resolved (dataset_name, dataset_version), not
     # as asked: "newest" means something else tomorrow.
@@ -132,18 +188,22 @@ def describe(field: FieldInfo) -> str:
     return f"{description.rstrip('.')} ({limits})." if limits else description
 
 
-def annotated(field: FieldInfo, *extras: object) -> Any:
+def annotated(field: FieldInfo, *extras: object, annotation: Any = None) -> Any:
     """``Annotated[type, *limits, Field(title, description), *extras]``: the field as a parameter.
 
     The default stays out of the ``Field`` (pydantic refuses one inside ``Annotated``); it is the
-    parameter's default instead.
+    parameter's default instead. ``annotation`` replaces the field's type (the model still
+    validates the value).
     """
     label = Field(title=field.title, description=describe(field))
-    return Annotated[(field.annotation, *field.metadata, label, *extras)]
+    return Annotated[(annotation or field.annotation, *field.metadata, label, *extras)]
 
 
 def flat_parameters(
-    model: type[M], *, extras: Callable[[str, FieldInfo], tuple[object, ...]] = lambda name, field: ()
+    model: type[M],
+    *,
+    extras: Callable[[str, FieldInfo], tuple[object, ...]] = lambda name, field: (),
+    types: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Give ``function(parameters: model, **own)`` a flat keyword signature: one parameter per field.
 
@@ -154,7 +214,11 @@ def flat_parameters(
 
     Args:
         extras: more ``Annotated`` metadata per field (a typer ``Option``, say).
+        types: a parameter ``(type, default)`` per field name, in place of the field's (the CLI
+            takes the model's hyperparameters as repeated ``NAME=VALUE`` strings, the form as one
+            object); the model must accept that type too.
     """
+    types = types or {}
 
     def decorate(function: Callable[..., R]) -> Callable[..., R]:
         wrapped = inspect.signature(function, eval_str=True)
@@ -167,8 +231,8 @@ def flat_parameters(
             inspect.Parameter(
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=field.default,
-                annotation=annotated(field, *extras(name, field)),
+                default=types[name][1] if name in types else field.default,
+                annotation=annotated(field, *extras(name, field), annotation=types[name][0] if name in types else None),
             )
             for name, field in model.model_fields.items()
         ]

@@ -1,6 +1,6 @@
 """The training pipeline as a Prefect flow: each step a task over a plain function (``flows/steps.py``).
 
-prepare -> train -> evaluate -> export + verify -> log -> register -> gate -> deploy -> promote
+prepare -> build model -> train -> evaluate -> export + verify -> log -> register -> gate -> deploy -> promote
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
     name = parameters.model_name
     train.resolve_device(parameters.device)  # fail before any work when CUDA was asked for and is missing
     data = steps.prepare_data(settings, parameters.dataset, parameters.dataset_version, parameters.seed)
+    # The model is built and run once on the dataset's shape before the MLflow run exists: bad
+    # model code, hyperparameters or weights stop the flow here, with nothing stored.
+    model = steps.build_model(settings, data, parameters)
     run_id = steps.start_mlflow_run(settings, data, parameters.seed, name)
     failed = True
     try:
@@ -69,7 +72,7 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
         logger.info("waiting for a slot of the %r concurrency limit", GPU_LIMIT)
         with concurrency(GPU_LIMIT, occupy=1, strict=True):
             logger.info("holding a %r slot: training", GPU_LIMIT)
-            training = steps.train_model(data, parameters)
+            training = steps.train_model(data, model, parameters)
             evaluation = steps.evaluate_model(data, training)
             training.model.cpu()  # export and serving work on CPU; the GPU is free for the next run
             train.release_gpu_memory()
@@ -77,7 +80,7 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
         with tempfile.TemporaryDirectory(prefix="onebox-export-") as folder:
             check = steps.export_model(data, training, Path(folder))
             model_uri = steps.log_run(
-                settings, run_id, parameters, data, training, evaluation, check, Path(folder) / "model.onnx"
+                settings, run_id, parameters, data, training, evaluation, check, Path(folder) / "model.onnx", model
             )
         version = steps.register(settings, name, model_uri, run_id, data, evaluation)
         decision = steps.gate(settings, name, run_id, version, data, evaluation, parameters.min_improvement)

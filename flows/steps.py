@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows import evaluate, export, prepare, promote, report, tracking, train
+from flows import evaluate, export, model_build, model_record, prepare, promote, report, tracking, train
 from flows.parameters import TrainingParameters
 from storage.datasets import load_dataset, resolve_dataset
 from storage.registry import MODEL_NAME_TAG, PRODUCTION, version_by_alias
@@ -37,6 +37,22 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
     return prepare.split_dataset(load_dataset(version), seed=seed)
 
 
+@task(name="build-model", cache_policy=NO_CACHE)
+def build_model(
+    settings: Settings, data: prepare.PreparedData, parameters: TrainingParameters
+) -> model_build.BuiltModel:
+    """The run's model, built and checked on one batch of the dataset's shape: before anything is stored."""
+    built = model_build.build_run_model(
+        parameters, settings, num_classes=len(data.classes), input_shape=data.dataset.image_shape
+    )
+    size = sum(p.numel() for p in built.module.parameters())
+    print(f"model {parameters.model_code}: {type(built.module).__name__}, {size:,} parameters, {built.hyperparameters}")
+    if built.init_weights is not None:
+        fresh = ", ".join(built.reinitialised) or "none"
+        print(f"initial weights {built.init_weights}; re-initialised for {len(data.classes)} classes: {fresh}")
+    return built
+
+
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int, model_name: str) -> str:
     tags = {"onebox.flow": "training-pipeline", MODEL_NAME_TAG: model_name}
@@ -48,7 +64,9 @@ def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int, 
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_model(data: prepare.PreparedData, parameters: TrainingParameters) -> train.TrainingResult:
+def train_model(
+    data: prepare.PreparedData, model: model_build.BuiltModel, parameters: TrainingParameters
+) -> train.TrainingResult:
     def print_epoch(stats: train.EpochStats) -> None:
         print(
             f"epoch {stats.epoch}/{parameters.epochs}: loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f} "
@@ -57,6 +75,7 @@ def train_model(data: prepare.PreparedData, parameters: TrainingParameters) -> t
 
     result = train.train_model(
         data,
+        model.module,
         epochs=parameters.epochs,
         learning_rate=parameters.learning_rate,
         batch_size=parameters.batch_size,
@@ -78,7 +97,7 @@ def evaluate_model(data: prepare.PreparedData, training: train.TrainingResult) -
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_model(data: prepare.PreparedData, training: train.TrainingResult, folder: Path) -> export.ExportCheck:
-    onnx_path = export.export_onnx(training.model, folder / "model.onnx")
+    onnx_path = export.export_onnx(training.model, folder / "model.onnx", input_shape=data.dataset.image_shape)
     check = export.check_export(training.model, onnx_path, data.test.images)
     print(
         f"ONNX parity: max |logit diff| {check.max_abs_logit_diff:.2e}, top-1 agreement "
@@ -98,11 +117,13 @@ def log_run(
     evaluation: evaluate.Evaluation,
     check: export.ExportCheck,
     onnx_path: Path,
+    model: model_build.BuiltModel,
 ) -> str:
+    model_record.log_model_code(settings, run_id, model, training.model)
     return tracking.log_training(
         settings,
         run_id,
-        params=parameters.hyperparameters(),
+        params={**parameters.hyperparameters(), **model_record.params(model)},
         data=data,
         training=training,
         evaluation=evaluation,

@@ -82,6 +82,16 @@ def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:
     MlflowClient(settings.mlflow_tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
+def onnx_signature(image_shape: tuple[int, int, int], num_classes: int) -> Any:
+    """The served graph's interface: float ``images`` (N, C, H, W) in [0, 1] to ``logits`` (N, classes)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    images = TensorSpec(np.dtype(np.float32), (-1, *image_shape), name="images")
+    logits = TensorSpec(np.dtype(np.float32), (-1, num_classes), name="logits")
+    return ModelSignature(inputs=Schema([images]), outputs=Schema([logits]))
+
+
 def log_training(
     settings: Settings,
     run_id: str,
@@ -148,7 +158,9 @@ def log_training(
         onnx_info = mlflow.onnx.log_model(
             onnx.load(str(onnx_path)),
             name=ONNX_MODEL,
-            input_example=example,
+            # Given, not inferred: the registered model says what it takes and returns, as the torch one does.
+            signature=onnx_signature(dataset.image_shape, len(dataset.classes)),
+            input_example={"images": example},
             save_as_external_data=False,  # one self-contained file to serve
             onnx_execution_providers=["CPUExecutionProvider"],
             pip_requirements=[_requirement("onnx"), _requirement("onnxruntime"), _requirement("numpy")],

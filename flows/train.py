@@ -1,4 +1,4 @@
-"""Train: fit the CNN on the training split, watching the validation split each epoch."""
+"""Train: fit the run's model on the training split, watching the validation split each epoch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from flows.model import ConvClassifier
 from flows.prepare import PreparedData, Split
 from storage.errors import ParameterError
 from storage.images import normalize
@@ -28,7 +27,7 @@ class EpochStats:
 
 @dataclass
 class TrainingResult:
-    model: ConvClassifier
+    model: nn.Module
     device: str
     history: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
@@ -82,6 +81,7 @@ def _measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tu
 
 def train_model(
     data: PreparedData,
+    model: nn.Module,
     *,
     epochs: int,
     learning_rate: float,
@@ -90,12 +90,11 @@ def train_model(
     device: str = "auto",
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainingResult:
-    """Train a fresh ConvClassifier with Adam; deterministic for a given seed on CPU."""
+    """Train ``model`` (built by flows/model_build.py) with Adam; deterministic for a given seed on CPU."""
     target = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    channels, height, width = data.dataset.image_shape
-    model = ConvClassifier(channels=channels, height=height, width=width, num_classes=len(data.classes)).to(target)
+    model = model.to(target)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     train_images, train_labels = _to_tensors(data.train, target)
     val_images, val_labels = _to_tensors(data.validation, target)

@@ -13,7 +13,7 @@ from pydantic.fields import FieldInfo
 from rich.table import Table
 
 from flows.cli.shared import console, fail, settings
-from flows.parameters import TrainingParameters, annotated, describe, flat_parameters
+from flows.parameters import TrainingParameters, annotated, describe, flat_parameters, parse_assignment
 from storage.settings import get_settings
 
 if TYPE_CHECKING:
@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 # Flags that are not the field's name spelled with dashes.
-OPTION_NAMES = {"learning_rate": "--lr", "deploy": "--deploy/--no-deploy"}
+OPTION_NAMES = {"learning_rate": "--lr", "deploy": "--deploy/--no-deploy", "model_hyperparameters": "--hp"}
+# The model's own hyperparameters: `--hp width=64 --hp depth=3` on the command line, one object in
+# the run form; TrainingParameters turns the list into that object.
+CLI_TYPES: dict[str, tuple[Any, Any]] = {"model_hyperparameters": (list[str], [])}
 
 
 def _metavar(field: FieldInfo) -> str:
@@ -40,6 +43,20 @@ def _option(name: str, field: FieldInfo) -> tuple[object, ...]:
     flag = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
     if field.annotation is bool:
         return (typer.Option(flag, help=describe(field)),)
+    if name in CLI_TYPES:
+
+        def check_assignment(value: str) -> str:
+            from pydantic_core import PydanticCustomError
+
+            try:
+                parse_assignment(value)
+            except ValueError as error:  # typer's usage error, worded without pydantic's "Value error, "
+                raise PydanticCustomError("assignment", str(error)) from error
+            return value
+
+        return (
+            typer.Option(flag, help=describe(field) + " Repeatable.", parser=check_assignment, metavar="NAME=VALUE"),
+        )
 
     def check(value: object) -> Any:
         from pydantic import TypeAdapter
@@ -77,7 +94,7 @@ def print_summary(summary: RunSummary, *extra: tuple[str, str]) -> None:
 
 
 @app.command()
-@flat_parameters(TrainingParameters, extras=_option)
+@flat_parameters(TrainingParameters, extras=_option, types=CLI_TYPES)
 def train(
     parameters: TrainingParameters,
     *,
@@ -93,13 +110,22 @@ def train(
     from storage.datasets import resolve_dataset
 
     current = settings()
-    resolve_dataset(parameters.dataset, parameters.dataset_version, current)
+    version = resolve_dataset(parameters.dataset, parameters.dataset_version, current)
+    # Bad model code, hyperparameters or weights: one line now, before a server or worker starts.
+    # The flow builds the model again where it runs (the worker may be elsewhere).
+    from flows.model_build import build_run_model
+
+    built = build_run_model(parameters, current, num_classes=len(version.classes), input_shape=version.image_shape)
     if current.runtime == "compose" and not here:
         from flows.remote import online_workers
 
         workers = online_workers()
         if workers:
-            _train_on_worker(current, parameters, workers)
+            # The worker runs in the checkout, not in this folder: it gets the files this command found.
+            found = {"model_code": f"{built.code.path}:{built.code.function}"} if built.code.path else {}
+            if built.init_weights is not None:
+                found["init_weights"] = str(built.init_weights)
+            _train_on_worker(current, parameters.model_copy(update=found), workers)
             return
         console.print(
             "[yellow]no worker polls the pool 'onebox' (start one: onebox worker); training in this process, "

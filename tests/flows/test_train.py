@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from flows.evaluate import evaluate_probabilities
+from flows.model import build
 from flows.prepare import split_dataset
 from flows.train import predict_probabilities, resolve_device, shift_randomly, train_model
 from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
@@ -43,7 +44,8 @@ def test_shift_moves_pixels_by_at_most_one() -> None:
 )
 def test_training_learns_digits(settings: Settings, device: str) -> None:
     data = split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0)
-    result = train_model(data, epochs=4, learning_rate=2e-3, batch_size=64, seed=0, device=device)
+    model = build(num_classes=len(data.classes), input_shape=data.dataset.image_shape)
+    result = train_model(data, model, epochs=4, learning_rate=2e-3, batch_size=64, seed=0, device=device)
 
     assert result.device.startswith(device)
     assert [s.epoch for s in result.history] == [1, 2, 3, 4]
