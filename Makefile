@@ -14,7 +14,7 @@ VENV := .venv
 export ONEBOX_PIP := $(UV_HOME)/bin/pip
 BIN := $(VENV)/bin
 
-.PHONY: help setup demo train serve stop status up down worker register bench requirements test lint format clean
+.PHONY: help browser setup demo train serve stop status up down worker register bench requirements test lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -78,7 +78,19 @@ format: setup ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint ## Lint, then run the test suite
+# The page tests (index, Swagger, labeling) drive Debian's headless chromium: a browser from
+# anywhere else cannot be downloaded here. Installed from Debian's packages when missing, as the
+# base image's debootstrap is (compose/base/bootstrap.sh).
+browser: ## Install Debian's chromium for the page tests when it is missing (root: apt-get; else says how)
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the page tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "error: the page tests need Debian's chromium; run: sudo apt-get install chromium" >&2; exit 1; \
+	  fi; }
+
+test: lint browser ## Lint, then run the test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean: ## Remove the venv and the local data home (.onebox)
