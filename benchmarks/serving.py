@@ -55,13 +55,15 @@ class Run:
 
 
 def gateway_pids(settings: Settings) -> list[int]:
-    """nginx and the live model container: everything a request goes through (the gateway listens
-    on the host's network itself, no port proxy in front)."""
+    """nginx and the default model's live container: everything a request goes through (the gateway
+    listens on the host's network itself, no port proxy in front)."""
     from serving.compose import ComposeRuntime
 
     runtime = ComposeRuntime(settings)
     pids: list[int] = []
-    for service in ("gateway", f"model-{runtime.state().live_color}"):
+    model = runtime.state().model(runtime.default_model() or "")
+    live = [model.service(model.live_color)] if model is not None and model.live_color else []
+    for service in ("gateway", *live):
         container = runtime._container(service)
         if container is not None:
             pids += [int(row[0]) for row in container.top(ps_args="-o pid").get("Processes") or []]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ SERVING_FILES = (
     "serving/__init__.py",
     "serving/errors.py",
     "serving/health.py",
+    "serving/index_page.py",
     "serving/metadata.py",
     "serving/predictor.py",
     "serving/service.py",
@@ -169,7 +171,7 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
     )
     prefect = _python_image(settings, "prefect", "prefect", base, {})
     context = _fresh_context(settings, "gateway")
-    for name in ("Dockerfile", "nginx.conf.template", "gateway.sh"):
+    for name in ("Dockerfile", "nginx.conf.template", "no-models.conf", "gateway.sh"):
         shutil.copy2(COMPOSE_DIR / "gateway" / name, context / name)
     gateway = f"onebox/gateway:{settings.image_tag}"
     # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.
@@ -187,16 +189,16 @@ def build_worker_image(settings: Settings) -> str:
     return _python_image(settings, "worker", "worker", base, {}, offline=base == BOOTSTRAP_WORKER_IMAGE)
 
 
-def model_image_tag(settings: Settings, version: str) -> str:
-    return f"onebox/model:{settings.model_name}-v{version}"
+def model_image_tag(model_name: str, version: str) -> str:
+    return f"onebox/model:{model_name}-v{version}"
 
 
-def remove_model_images(settings: Settings) -> int:
-    """Delete every model image of ``settings.model_name``; returns how many went."""
-    prefix = f"onebox/model:{settings.model_name}-v"
+def remove_model_images(settings: Settings, model_names: Iterable[str] = ()) -> int:
+    """Delete every model image of ``settings.model_name`` and of ``model_names``; returns how many went."""
+    prefixes = tuple(model_image_tag(name, "") for name in (settings.model_name, *model_names))
     client = docker_client()
     doomed = [
-        image for image in client.images.list(name="onebox/model") if any(t.startswith(prefix) for t in image.tags)
+        image for image in client.images.list(name="onebox/model") if any(t.startswith(prefixes) for t in image.tags)
     ]
     for image in doomed:
         client.images.remove(image.id, force=True)
@@ -208,10 +210,10 @@ def build_model_image(settings: Settings, bundle: Path, metadata: ModelMetadata)
     runtime = f"onebox/runtime:{settings.image_tag}"
     if not image_exists(runtime):
         raise ServingError(f"the serving runtime image {runtime} is missing; run: make up")
-    context = _fresh_context(settings, "model")
+    context = _fresh_context(settings, f"model-{metadata.model_name}")  # models build side by side
     shutil.copy2(COMPOSE_DIR / "model" / "Dockerfile", context / "Dockerfile")
     shutil.copytree(bundle, context / "bundle")
-    tag = model_image_tag(settings, metadata.model_version)
+    tag = model_image_tag(metadata.model_name, metadata.model_version)
     # No LABEL step: each build step is a container commit, seconds on fuse-overlayfs, and the
     # tag already names the model and version.
     build_image(context, tag, {"RUNTIME_IMAGE": runtime})

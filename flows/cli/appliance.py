@@ -57,7 +57,8 @@ def up(
     state = ComposeRuntime(current).up(worker=worker)
     registered = register_all(appliance_settings())
     console.print(f"appliance up (project {current.compose_project}):")
-    serving = f"live color {state.live_color}" if state.live_color else "no model yet: onebox train"
+    live = ", ".join(f"{m.name} ({m.live_color})" for m in state.live_models())
+    serving = f"models: {live}" if live else "no model yet: onebox train"
     console.print(f"  gateway:  {current.serve_url}/   ({serving})")
     console.print(f"  MLflow:   http://127.0.0.1:{current.mlflow_port}/")
     deployments = ", ".join(r.name for r in registered)
