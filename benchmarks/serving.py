@@ -175,6 +175,7 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
         ports = {name: servers.free_port() for name in ("bento", "flask", "mlflow")}
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         url["gateway"] = settings.serve_url
+        url["gateway_model"] = f"{settings.serve_url}/models/{settings.model_name}"
         environments = {
             "bento": {MODEL_DIR_VARIABLE: str(bundle), WORKERS_VARIABLE: str(workers), "BENTOML_DO_NOT_TRACK": "true"},
             "flask": {
@@ -213,6 +214,8 @@ def measure_serving(settings: Settings, version: str, run_id: str) -> dict[str, 
         image, json_body, mlflow_body = bodies["image"], bodies["json"], bodies["mlflow-json"]
         runs = [
             Run("onebox-gateway", "image", f"{url['gateway']}/predict", image, pids["gateway"]),
+            # The default model at its own URL (/models/NAME/...) goes the same way: forwarded unchanged.
+            Run("onebox-gateway-model", "image", f"{url['gateway_model']}/predict", image, pids["gateway"]),
             Run("onebox-bento", "image", f"{url['bento']}/predict", image, pids["bento"]),
             Run("flask-gunicorn", "image", f"{url['flask']}/predict", image, pids["flask"]),
             Run("onebox-gateway", "json", f"{url['gateway']}/predict_batch", json_body, pids["gateway"]),

@@ -60,6 +60,7 @@ def main() -> int:
         results.update(appliance.measure_swap(settings, runtime))
         swap_ok = results["swap_requests_failed"] == 0
         results.update(appliance.measure_idle_memory(runtime))
+        results.update(appliance.measure_second_model_memory(settings, runtime, results))
         write("appliance", results)
         version, run_id = results["serving_version"], results["serving_run_id"]
 
@@ -71,7 +72,7 @@ def main() -> int:
     finally:
         _drain_prefect()
         runtime.down(volumes=True)
-        remove_model_images(settings)
+        remove_model_images(settings, [appliance.second_model_name(settings)])
     print(f"\nthe suite took {(time.perf_counter() - started) / 60:.1f} min")
     report.main()
     if not swap_ok:

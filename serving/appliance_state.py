@@ -11,9 +11,11 @@ form on the next write. This module is the only one that reads or writes these f
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,7 @@ from typing import Any, Literal
 from dotenv import dotenv_values
 
 from serving.appliance_network import ApplianceNetwork
+from storage.errors import ServingError
 from storage.settings import Settings, env_name
 
 Color = Literal["blue", "green"]
@@ -84,6 +87,14 @@ class ApplianceState:
 
     def model(self, name: str) -> ServedModel | None:
         return next((model for model in self.models if model.name == name), None)
+
+    def known(self, name: str) -> ServedModel:
+        """The model ``name``; raises ServingError naming the served ones when it is not one."""
+        model = self.model(name)
+        if model is None:
+            served = ", ".join(m.name for m in self.models) or "none"
+            raise ServingError(f"model {name!r} is not served by the appliance; served models: {served}")
+        return model
 
     def live_models(self) -> tuple[ServedModel, ...]:
         return tuple(model for model in self.models if model.live_color is not None)
@@ -171,6 +182,15 @@ def read_state(path: Path) -> ApplianceState:
     models = models_path(path)
     listed = json.loads(models.read_text())["models"] if models.is_file() else None
     return ApplianceState.from_files(variables, listed)
+
+
+@contextmanager
+def state_lock(path: Path) -> Iterator[None]:
+    """Held while a deploy, a stop or an `up` changes the state at ``path``: another process waits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _write_atomically(path: Path, text: str) -> None:

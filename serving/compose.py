@@ -11,11 +11,8 @@ Which image each model's colors run and which is live is the appliance's state
 
 from __future__ import annotations
 
-import fcntl
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,19 +25,18 @@ from serving.appliance_state import (
     image_version,
     other_color,
     read_state,
+    state_lock,
     state_path,
     write_state,
 )
 from serving.compose_cli import run_compose
-from serving.compose_health import APPLIANCE_SERVICES, WORKER, Phases, prepare_network, wait_healthy
+from serving.compose_health import APPLIANCE_SERVICES, WORKER, Phases, await_version, prepare_network, wait_healthy
 from serving.docker_client import project_container, project_network
 from serving.gateway import Gateway, container_metadata
 from serving.gateway_config import GatewayModel, check_model_name
-from serving.health import smoke_predict
 from serving.image_builds import build_appliance_images, build_model_image, build_worker_image
 from serving.metadata import METADATA_FILE, ModelMetadata
 from serving.runtime import ServerState, default_model
-from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -48,7 +44,6 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
     from docker.models.networks import Network
 
-GATEWAY_CONFIRM_TIMEOUT_S = 20.0
 SINGLE_MODEL_SERVICES = ("model-blue", "model-green")  # what the single-model onebox ran
 
 
@@ -56,7 +51,7 @@ class ComposeRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state_path = state_path(settings)
-        self.gateway = Gateway(settings.compose_project)
+        self.gateway = Gateway(settings.compose_project, settings.serve_url)
         self.last_deploy_phases: dict[str, float] = {}
         self.last_deploy_reloaded_gateway = False
         self._retiring: dict[str, Color] = {}  # per model, the color a deploy replaced
@@ -75,14 +70,6 @@ class ComposeRuntime:
 
     def _network(self) -> Network | None:
         return project_network(self.settings.compose_project)
-
-    @contextmanager
-    def _changing_state(self) -> Iterator[None]:
-        """One deploy, stop or `up` at a time changes the state (another process waits)."""
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        with (self.state_path.parent / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
     def _all_profiles(self, state: ApplianceState) -> tuple[str, ...]:
         return (*(m.service(c) for m in state.models for c in ("blue", "green") if m.image(c)), WORKER)
@@ -103,7 +90,7 @@ class ComposeRuntime:
         what the last `up` chose (None).
         """
         build_appliance_images(self.settings)
-        with self._changing_state():
+        with state_lock(self.state_path):
             state = prepare_network(self, self.state())
             if worker is not None:
                 state = replace(state, worker=worker)
@@ -179,7 +166,7 @@ class ComposeRuntime:
         name = check_model_name(metadata.model_name)
         image = build_model_image(self.settings, bundle, metadata)
         clock.mark("build_image")
-        with self._changing_state():
+        with state_lock(self.state_path):
             state = self.state()
             if state.network is None:
                 raise ServingError("the appliance was started by an earlier onebox: run `onebox up` once, then deploy")
@@ -207,7 +194,7 @@ class ComposeRuntime:
                 self.gateway.switch(name, idle)
                 write_state(self.state_path, state.with_model(replace(trial, live_color=idle)))
                 self.last_deploy_reloaded_gateway = self._publish()
-                self._await_gateway_version(metadata)
+                await_version(f"{self.settings.serve_url}/models/{name}", metadata)
             except ServingError as error:
                 self._go_back(state, model, service)
                 raise ServingError(f"model {name} v{metadata.model_version} was not switched to: {error}") from error
@@ -225,22 +212,6 @@ class ComposeRuntime:
         write_state(self.state_path, state)
         self._publish()
 
-    def _await_gateway_version(self, metadata: ModelMetadata) -> None:
-        """Wait until predictions through the gateway at /models/NAME come from ``metadata``'s version.
-
-        The switch is immediate; this proves the path through the gateway end to end.
-        """
-        url = f"{self.settings.serve_url}/models/{metadata.model_name}"
-
-        def answers_new_version() -> None:
-            try:
-                smoke_predict(url, expected_version=metadata.model_version, image_shape=metadata.image_shape)
-            except ServingError as error:
-                raise NotYet(str(error)) from None
-
-        what = f"the gateway to serve model {metadata.model_name} v{metadata.model_version}"
-        wait_for(answers_new_version, timeout_s=GATEWAY_CONFIRM_TIMEOUT_S, what=what, interval_s=0.2)
-
     def retire_previous(self, model_name: str) -> None:
         """After a deploy of ``model_name``: let its old color drain, then stop and remove it."""
         color = self._retiring.pop(model_name, None)
@@ -252,18 +223,11 @@ class ComposeRuntime:
         self.compose("rm", "-f", "-s", model.service(color), profiles=(model.service(color),))
         self.last_deploy_phases["drain_and_stop_old"] = round(time.perf_counter() - started, 3)
 
-    def _known(self, model_name: str, state: ApplianceState) -> ServedModel:
-        model = state.model(model_name)
-        if model is None:
-            known = ", ".join(m.name for m in state.models) or "none"
-            raise ServingError(f"model {model_name!r} is not served by the appliance; served models: {known}")
-        return model
-
     def stop(self, model_name: str | None = None) -> list[ServerState]:
         """Stop serving ``model_name`` (its routes then answer 404), or every model; returns what served."""
-        with self._changing_state():
+        with state_lock(self.state_path):
             state = self.state()
-            doomed = [self._known(model_name, state)] if model_name is not None else list(state.models)
+            doomed = [state.known(model_name)] if model_name is not None else list(state.models)
             served = [s for s in self.served() if s.model_name in {m.name for m in doomed}]
             for model in doomed:
                 self.gateway.switch(model.name, None)
@@ -286,7 +250,7 @@ class ComposeRuntime:
             name = model_name or self.default_model()
             if name is None:
                 return "no model is deployed yet"
-            model = self._known(name, state)
+            model = state.known(name)
             if model.live_color is None:
                 return f"model {name} has no live color"
             service = model.service(model.live_color)

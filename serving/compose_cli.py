@@ -60,7 +60,8 @@ def run_compose(
     settings: Settings, *args: str, profiles: tuple[str, ...] = (), check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """``docker compose -p PROJECT -f docker-compose.yml -f models.yml ... ARGS`` with the
-    appliance's environment; models.yml (the served models' services) is written from the state first.
+    appliance's environment; models.yml (the served models' services, when there are any) is
+    written from the state first.
 
     Raises:
         ServingError: it failed and ``check`` is set (the message ends with its output).
@@ -73,7 +74,7 @@ def run_compose(
     models = write_models_compose(settings.compose_dir, state)
     # --env-file: the state again, and no reading of a .env in the checkout (pydantic-settings
     # has read that one already, under the settings' own names).
-    files = ["-f", str(COMPOSE_FILE), "-f", str(models)]
+    files = ["-f", str(COMPOSE_FILE), *(["-f", str(models)] if models else [])]
     command = [*compose_command(), "-p", settings.compose_project, *files, "--env-file", str(path)]
     for profile in profiles:
         command += ["--profile", profile]

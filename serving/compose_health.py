@@ -1,5 +1,6 @@
 """The steps of the compose runtime's `up` and deploy that only wait and check: the appliance's
-network (a fixed subnet, recorded), services becoming healthy, and the time each phase took."""
+network (a fixed subnet, recorded), services becoming healthy, a new version answering through
+the gateway, and the time each phase took."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from serving.appliance_network import ApplianceNetwork, choose_subnet, subnets_in_use
 from serving.appliance_state import ApplianceState, write_state
-from serving.health import STARTUP_FAILED_MARKER
+from serving.health import STARTUP_FAILED_MARKER, smoke_predict
+from serving.metadata import ModelMetadata
 from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
 APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway")
 WORKER = "worker"  # the compose profile and service of the containerized Prefect worker
+GATEWAY_CONFIRM_TIMEOUT_S = 20.0
 
 
 class Phases:
@@ -90,3 +93,17 @@ def prepare_network(runtime: ComposeRuntime, state: ApplianceState) -> Appliance
     state = replace(state, network=ApplianceNetwork.for_subnet(subnet))
     write_state(runtime.state_path, state)
     return state
+
+
+def await_version(url: str, metadata: ModelMetadata, *, timeout_s: float = GATEWAY_CONFIRM_TIMEOUT_S) -> None:
+    """Wait until predictions through ``url`` (the gateway's /models/NAME) come from ``metadata``'s
+    version. The switch is immediate; this proves the path through the gateway end to end."""
+
+    def answers_new_version() -> None:
+        try:
+            smoke_predict(url, expected_version=metadata.model_version, image_shape=metadata.image_shape)
+        except ServingError as error:
+            raise NotYet(str(error)) from None
+
+    what = f"the gateway to serve model {metadata.model_name} v{metadata.model_version}"
+    wait_for(answers_new_version, timeout_s=timeout_s, what=what, interval_s=0.2)

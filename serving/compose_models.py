@@ -63,9 +63,13 @@ def models_compose(state: ApplianceState) -> dict[str, Any]:
     return {"services": services}
 
 
-def write_models_compose(compose_dir: Path, state: ApplianceState) -> Path:
-    """Write the models' compose file (atomically) and return its path."""
+def write_models_compose(compose_dir: Path, state: ApplianceState) -> Path | None:
+    """Write the models' compose file (atomically) and return its path; None when no model has a
+    service (docker-compose 1.x reads a file of no services as an old format and refuses it)."""
     path = models_compose_path(compose_dir)
+    if not models_compose(state)["services"]:
+        path.unlink(missing_ok=True)
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".new")
     staging.write_text(json.dumps(models_compose(state), indent=2) + "\n")

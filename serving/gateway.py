@@ -12,10 +12,13 @@ import time
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
+import httpx
+
 from serving.appliance_state import Color
 from serving.docker_client import project_container
-from serving.gateway_config import GatewayModel, index_html, index_json, routes_conf, upstreams_conf
+from serving.gateway_config import GatewayModel, index_html, index_json, routes_conf, routes_digest, upstreams_conf
 from serving.metadata import METADATA_FILE, ModelMetadata
+from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
 
 if TYPE_CHECKING:
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 
 GATEWAY_SERVICE = "gateway"
 GATEWAY_UID = 10004  # the gateway image's user (compose/gateway/Dockerfile)
+RELOAD_TIMEOUT_S = 15.0
 
 
 def _tar(files: dict[str, str]) -> bytes:
@@ -55,8 +59,9 @@ def container_metadata(container: Container | None) -> ModelMetadata | None:
 
 
 class Gateway:
-    def __init__(self, compose_project: str) -> None:
+    def __init__(self, compose_project: str, url: str) -> None:
         self.compose_project = compose_project
+        self.url = url  # where it listens (the settings' serve_url)
 
     def container(self) -> Container:
         container = project_container(self.compose_project, GATEWAY_SERVICE)
@@ -99,4 +104,21 @@ class Gateway:
         }
         if not self.container().put_archive("/state", _tar(files)):
             raise ServingError("copying the gateway's routes into its container failed")
-        return self._run("apply").endswith("reloaded")
+        if not self._run("apply").endswith("reloaded"):
+            return False
+        self._await_routes(routes_digest(models, default=default))
+        return True
+
+    def _await_routes(self, digest: str) -> None:
+        """Wait until nginx's new workers answer (a reload only starts them), so that a caller
+        that adds or removes a model sees its routes come or go."""
+
+        def answers_new_routes() -> None:
+            try:
+                answer = httpx.get(f"{self.url}/gateway/routes", timeout=2.0).text
+            except httpx.TransportError as error:
+                raise NotYet(str(error)) from None
+            if answer != digest:
+                raise NotYet(f"the gateway still answers with routes {answer[:40]!r}")
+
+        wait_for(answers_new_routes, timeout_s=RELOAD_TIMEOUT_S, what="the gateway's new routes", interval_s=0.05)

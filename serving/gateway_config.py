@@ -8,6 +8,7 @@ reloads gracefully; a swap changes a marker file nginx checks per request (compo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -77,6 +78,13 @@ def _proxy(variable: str, unavailable: str) -> str:
     )
 
 
+def routes_digest(models: list[GatewayModel], *, default: str | None) -> str:
+    """What the routes are made from, in a few characters: the gateway answers it at
+    ``/gateway/routes`` once a reload to these routes took effect."""
+    made_of = [(e.model.name, e.model.slot, e.addresses) for e in models]
+    return hashlib.sha256(repr((made_of, default)).encode()).hexdigest()[:16]
+
+
 def routes_conf(models: list[GatewayModel], *, default: str | None) -> str:
     names = [entry.model.name for entry in models]
     listed = ", ".join(names) or "none"
@@ -93,9 +101,12 @@ def routes_conf(models: list[GatewayModel], *, default: str | None) -> str:
             lines.append(f"if (-f /state/live/{name}.{color}) {{\n    set $model_{slot} model_{slot}_{color};\n}}\n")
     default_slot = next((entry.model.slot for entry in models if entry.model.name == default), None)
     lines.append(f'set $model_default "{"" if default_slot is None else f"$model_{default_slot}"}";\n')
+    # nginx -s reload returns before the new workers answer: this tells when they do.
+    lines.append(f"location = /gateway/routes {{\n    return 200 '{routes_digest(models, default=default)}';\n}}\n")
     lines.append(
+        # try_files, not alias: "/" names a folder, and alias would look for an index file in it.
         "location = / {\n    default_type text/html;\n    add_header Cache-Control no-cache;\n"
-        "    alias /state/site/index.html;\n}\n"
+        "    root /state/site;\n    try_files /index.html =404;\n}\n"
         "location = /index.json {\n    add_header Cache-Control no-cache;\n    alias /state/site/index.json;\n}\n"
     )
     for entry in models:

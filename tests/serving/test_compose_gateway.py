@@ -14,7 +14,14 @@ import yaml
 from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import ApplianceState, ServedModel
 from serving.compose_models import models_compose, write_models_compose
-from serving.gateway_config import GatewayModel, check_model_name, index_json, routes_conf, upstreams_conf
+from serving.gateway_config import (
+    GatewayModel,
+    check_model_name,
+    index_json,
+    routes_conf,
+    routes_digest,
+    upstreams_conf,
+)
 from serving.metadata import ModelMetadata
 from storage.errors import ServingError
 
@@ -52,6 +59,13 @@ def test_each_model_is_forwarded_with_its_prefix_to_its_live_color() -> None:
     assert "if (-f /state/live/cats.v2.green) {\n    set $model_1 model_1_green;\n}" in conf
 
 
+def test_the_routes_say_which_they_are_so_a_reload_can_be_awaited() -> None:
+    digest = routes_digest(gateway_models(), default="digits")
+    assert f"return 200 '{digest}';" in locations(routes_conf(gateway_models(), default="digits"))["= /gateway/routes"]
+    assert routes_digest(gateway_models(), default="cats.v2") != digest
+    assert routes_digest(gateway_models()[:1], default="digits") != digest
+
+
 def test_an_unknown_model_is_a_404_listing_the_served_ones() -> None:
     routes = locations(routes_conf(gateway_models(), default="digits"))
     body = re.search(r"return 404 '(.*)';", routes["~ ^/models/([A-Za-z0-9._-]+)"])
@@ -87,7 +101,9 @@ def test_a_name_a_url_or_container_cannot_carry_is_refused(name: str) -> None:
 
 
 def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) -> None:
-    services = yaml.safe_load(write_models_compose(tmp_path, STATE).read_text())["services"]
+    written = write_models_compose(tmp_path, STATE)
+    assert written is not None
+    services = yaml.safe_load(written.read_text())["services"]
     assert sorted(services) == ["model-cats.v2-green", "model-digits-blue", "model-digits-green"]
     blue = services["model-digits-blue"]
     assert blue["image"] == "onebox/model:digits-v1"
@@ -98,3 +114,5 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
     assert cats["networks"]["default"]["ipv4_address"] == "10.99.0.252"
     assert cats["environment"]["ONEBOX_SERVE_WORKERS"] == "1"
     assert models_compose(ApplianceState()) == {"services": {}}  # before the first `up` records a network
+    assert write_models_compose(tmp_path, ApplianceState()) is None
+    assert not written.exists()  # no model, no second compose file
