@@ -29,8 +29,11 @@ def models_compose_path(compose_dir: Path) -> Path:
 
 
 def model_service_definition(model: ServedModel, color: Color, address: str) -> dict[str, Any]:
+    # One worker: one process, without BentoML's supervisor (serving/single_process.py).
+    single = {"command": ["python3", "-m", "serving.single_process"]} if model.workers == 1 else {}
     return {
         "image": model.image(color),
+        **single,
         "restart": "unless-stopped",
         "profiles": [model.service(color)],
         "environment": {

@@ -38,6 +38,7 @@ SERVING_FILES = (
     "serving/metadata.py",
     "serving/predictor.py",
     "serving/service.py",
+    "serving/single_process.py",
     "serving/uploads.py",
     "serving/waiting.py",
     "storage/__init__.py",

@@ -113,6 +113,9 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
     cats = services["model-cats.v2-green"]
     assert cats["networks"]["default"]["ipv4_address"] == "10.99.0.252"
     assert cats["environment"]["ONEBOX_SERVE_WORKERS"] == "1"
+    # One worker: one process, no supervisor beside it; more: BentoML's own (the image's command).
+    assert cats["command"] == ["python3", "-m", "serving.single_process"]
+    assert "command" not in blue
     assert models_compose(ApplianceState()) == {"services": {}}  # before the first `up` records a network
     assert write_models_compose(tmp_path, ApplianceState()) is None
     assert not written.exists()  # no model, no second compose file
