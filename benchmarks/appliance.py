@@ -1,4 +1,5 @@
-"""Appliance benchmark: cold `up`, registered -> serving, requests during a swap, idle memory.
+"""Appliance benchmark: cold `up`, registered -> serving, requests during a swap, idle memory
+with one served model and with a second one beside it.
 
 Runs against the real stack that benchmarks/suite.py brings up under its own compose project,
 ports and home.
@@ -13,6 +14,8 @@ from serving.compose import ComposeRuntime
 from storage.settings import Settings
 
 SWAP_REQUESTS = 2000
+FIRST_MODEL = "digits"  # what the benchmark trains: the bundled digits, under their own name
+SECOND_MODEL = "digits-second"  # the same bundle served again as another model, for its memory
 # Published minimums of what onebox replaces, for the footprint comparison.
 KUBEFLOW_RECOMMENDED = {"memory_gib": 16, "cores": 8, "source": "kubeflow/manifests README (recommended for a cluster)"}
 CLEARML_RECOMMENDED = {"memory_gib": 8, "source": "ClearML server documentation (recommended memory)"}
@@ -104,4 +107,39 @@ def measure_idle_memory(runtime: ComposeRuntime, *, settle_s: float = 15) -> dic
         "idle_memory_mib": memory,
         "idle_memory_total_mib": total,
         "compare": {"kubeflow": KUBEFLOW_RECOMMENDED, "clearml": CLEARML_RECOMMENDED},
+    }
+
+
+def measure_second_model_memory(
+    settings: Settings, runtime: ComposeRuntime, one_model: dict[str, Any], *, settle_s: float = 15
+) -> dict[str, Any]:
+    """Serve the production bundle a second time, under another name, beside the first (as a
+    second task would be: its own pair of containers, ``other_model_workers`` workers); measure the
+    idle appliance again, then stop it. ``one_model``: :func:`measure_idle_memory`'s result."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from serving.metadata import METADATA_FILE
+    from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
+
+    production = version_by_alias(settings, FIRST_MODEL, PRODUCTION)
+    assert production is not None
+    name = SECOND_MODEL
+    with tempfile.TemporaryDirectory(prefix="onebox-bench-second-") as folder:
+        bundle = Path(
+            shutil.copytree(materialize_bundle(settings, FIRST_MODEL, production.version), Path(folder) / "bundle")
+        )
+        metadata = json.loads((bundle / METADATA_FILE).read_text())
+        (bundle / METADATA_FILE).write_text(json.dumps({**metadata, "model_name": name}))
+        runtime.deploy(bundle)
+    two = measure_idle_memory(runtime, settle_s=settle_s)
+    runtime.stop(name)
+    one_total, two_total = one_model["idle_memory_total_mib"], two["idle_memory_total_mib"]
+    return {
+        "two_models_idle_memory_mib": two["idle_memory_mib"],
+        "two_models_idle_memory_total_mib": two_total,
+        "extra_model_memory_mib": {key: round(two_total[key] - one_total[key], 1) for key in one_total},
+        "other_model_workers": settings.other_model_workers,
     }

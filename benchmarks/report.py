@@ -18,8 +18,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 GB_1_2_MIB = 1.2e9 / 2**20  # the memory target, 1.2 GB, in MiB
+MB_200_MIB = 200e6 / 2**20  # what each additional served model may add, 200 MB, in MiB
 SERVERS = {
     "onebox-gateway": "onebox through the gateway (nginx → BentoML container)",
+    "onebox-gateway-model": "the same, at the model's own prefix",
     "onebox-bento": "the same bento directly (`bentoml serve`)",
     "flask-gunicorn": "torch `.pt` in Flask under gunicorn (what onebox replaces)",
     "mlflow-serve": "stock `mlflow models serve`",
@@ -122,6 +124,10 @@ def targets_table(data: dict[str, Any]) -> list[str]:
             (f"idle memory of the appliance <= 1.2 GB ({GB_1_2_MIB:,.0f} MiB)", f"{memory:,.0f} MiB",
              memory <= GB_1_2_MIB),
         ]  # fmt: skip
+        if "extra_model_memory_mib" in appliance:
+            extra = appliance["extra_model_memory_mib"]["usage_mib"]
+            target = f"each additional served model <= 200 MB ({MB_200_MIB:,.0f} MiB) idle"
+            rows.append((target, f"{extra:,.0f} MiB", extra <= MB_200_MIB))
     if data.get("cli"):
         rows += cli_targets(data["cli"])
     if data.get("dataset_import"):
@@ -160,13 +166,18 @@ def other_tables(data: dict[str, Any]) -> list[str]:
             "Idle memory per container (MiB): cgroup usage less page cache; RSS and PSS summed over its processes:",
             "",
         ]
-        lines += ["| container | usage | RSS | PSS |", "|---|---|---|---|"]
-        for name, row in sorted(memory.items()):
-            lines.append(
-                f"| {name} | {row['usage_mib']:,.0f} | {row.get('rss_mib', 0):,.0f} | {row.get('pss_mib', 0):,.0f} |"
-            )
-        total = appliance["idle_memory_total_mib"]
-        lines.append(f"| **all** | **{total['usage_mib']:,.0f}** | {total['rss_mib']:,.0f} | {total['pss_mib']:,.0f} |")
+        lines += memory_table(memory, appliance["idle_memory_total_mib"])
+        if "two_models_idle_memory_mib" in appliance:
+            extra = appliance["extra_model_memory_mib"]
+            lines += [
+                "",
+                f"A second served model ({appliance['other_model_workers']} worker) adds "
+                f"{extra['usage_mib']:,.0f} MiB usage ({extra['rss_mib']:,.0f} RSS, {extra['pss_mib']:,.0f} PSS); "
+                "the idle appliance with two models, per container:",
+                "",
+            ]
+            two = appliance["two_models_idle_memory_mib"]
+            lines += memory_table(two, appliance["two_models_idle_memory_total_mib"])
         lines += [
             "",
             f"For comparison: Kubeflow recommends 16 GB RAM and 8 cores (kubeflow/manifests README); "
@@ -230,6 +241,16 @@ def plots(data: dict[str, Any]) -> list[str]:
         made.append("memory.png")
         plt.close(figure)
     return made
+
+
+def memory_table(memory: dict[str, dict[str, float]], total: dict[str, float]) -> list[str]:
+    """Markdown rows: each container's idle memory (MiB), then the sum."""
+    lines = ["| container | usage | RSS | PSS |", "|---|---|---|---|"]
+    for name, row in sorted(memory.items()):
+        rss, pss = row.get("rss_mib", 0), row.get("pss_mib", 0)
+        lines.append(f"| {name} | {row['usage_mib']:,.0f} | {rss:,.0f} | {pss:,.0f} |")
+    lines.append(f"| **all** | **{total['usage_mib']:,.0f}** | {total['rss_mib']:,.0f} | {total['pss_mib']:,.0f} |")
+    return lines
 
 
 def summary(data: dict[str, Any]) -> str:

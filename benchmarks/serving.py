@@ -55,13 +55,15 @@ class Run:
 
 
 def gateway_pids(settings: Settings) -> list[int]:
-    """nginx and the live model container: everything a request goes through (the gateway listens
-    on the host's network itself, no port proxy in front)."""
+    """nginx and the default model's live container: everything a request goes through (the gateway
+    listens on the host's network itself, no port proxy in front)."""
     from serving.compose import ComposeRuntime
 
     runtime = ComposeRuntime(settings)
     pids: list[int] = []
-    for service in ("gateway", f"model-{runtime.state().live_color}"):
+    model = runtime.state().model(runtime.default_model() or "")
+    live = [model.service(model.live_color)] if model is not None and model.live_color else []
+    for service in ("gateway", *live):
         container = runtime._container(service)
         if container is not None:
             pids += [int(row[0]) for row in container.top(ps_args="-o pid").get("Processes") or []]
@@ -173,6 +175,7 @@ def measure_serving(settings: Settings, name: str, version: str, run_id: str) ->
         ports = {name: servers.free_port() for name in ("bento", "flask", "mlflow")}
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         url["gateway"] = settings.serve_url
+        url["gateway_model"] = f"{settings.serve_url}/models/{name}"
         environments = {
             "bento": {MODEL_DIR_VARIABLE: str(bundle), WORKERS_VARIABLE: str(workers), "BENTOML_DO_NOT_TRACK": "true"},
             "flask": {
@@ -211,6 +214,8 @@ def measure_serving(settings: Settings, name: str, version: str, run_id: str) ->
         image, json_body, mlflow_body = bodies["image"], bodies["json"], bodies["mlflow-json"]
         runs = [
             Run("onebox-gateway", "image", f"{url['gateway']}/predict", image, pids["gateway"]),
+            # The default model at its own URL (/models/NAME/...) goes the same way: forwarded unchanged.
+            Run("onebox-gateway-model", "image", f"{url['gateway_model']}/predict", image, pids["gateway"]),
             Run("onebox-bento", "image", f"{url['bento']}/predict", image, pids["bento"]),
             Run("flask-gunicorn", "image", f"{url['flask']}/predict", image, pids["flask"]),
             Run("onebox-gateway", "json", f"{url['gateway']}/predict_batch", json_body, pids["gateway"]),

@@ -62,6 +62,7 @@ def main() -> int:
         results.update(appliance.measure_swap(settings, runtime))
         swap_ok = results["swap_requests_failed"] == 0
         results.update(appliance.measure_idle_memory(runtime))
+        results.update(appliance.measure_second_model_memory(settings, runtime, results))
         write("appliance", results)
         name, version, run_id = results["serving_model"], results["serving_version"], results["serving_run_id"]
 

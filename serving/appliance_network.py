@@ -1,8 +1,8 @@
 """The appliance's Docker network: a subnet no other network or host route uses, and the
-fixed addresses of the model colors on it.
+fixed addresses of every model's colors on it.
 
-The gateway runs on the host's network and reaches each color at a fixed address, so it can
-keep connections to it open. The subnet is picked on the first `up` and recorded in the
+The gateway runs on the host's network and reaches each color of each model at a fixed address,
+so it can keep connections to it open. The subnet is picked on the first `up` and recorded in the
 appliance's state (serving/appliance_state.py), so later ones keep it.
 """
 
@@ -22,7 +22,11 @@ SUBNET_POOL = ipaddress.IPv4Network("172.16.0.0/12")
 
 @dataclass(frozen=True)
 class ApplianceNetwork:
-    """The network's subnet, the part of it Docker hands out, and the colors' addresses."""
+    """The network's subnet, the part of it Docker hands out, and the colors' addresses.
+
+    ``blue_address`` and ``green_address`` are the first model's (slot 0); :meth:`addresses`
+    gives any slot's, counting down from the top of the subnet.
+    """
 
     subnet: ipaddress.IPv4Network
     dynamic_range: ipaddress.IPv4Network
@@ -39,6 +43,24 @@ class ApplianceNetwork:
             blue_address=subnet.broadcast_address - 2,
             green_address=subnet.broadcast_address - 1,
         )
+
+    @property
+    def slots(self) -> int:
+        """How many models fit: their colors' addresses stay above the dynamic range."""
+        return (int(self.green_address) - int(self.dynamic_range.broadcast_address)) // 2
+
+    def addresses(self, slot: int) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        """The blue and green addresses of the model in ``slot`` (0 for the first model).
+
+        Raises:
+            ServingError: the subnet has no room for that many models.
+        """
+        if not 0 <= slot < self.slots:
+            raise ServingError(
+                f"the appliance's network {self.subnet} has room for {self.slots} models; "
+                "stop one (onebox stop NAME) or set ONEBOX_SUBNET to a larger subnet"
+            )
+        return self.blue_address - 2 * slot, self.green_address - 2 * slot
 
 
 def subnets_in_use() -> dict[ipaddress.IPv4Network, str]:

@@ -1,15 +1,16 @@
-"""The compose runtime: the appliance's model served through a gateway, swapped blue/green.
+"""The compose runtime: every served model behind one gateway, each swapped blue/green on its own.
 
-A deploy starts the idle color with the new model image, waits until it is healthy and has
-answered a smoke prediction, switches the gateway (a marker file nginx reads per request: no
-reload, so no connection or request in flight is cut), checks a prediction through the gateway,
-lets the old color drain, then stops it. Which image each color runs and which color is live is
-the appliance's state (serving/appliance_state.py), so it comes back as it was after a restart.
+A deploy of model NAME starts NAME's idle color with the new model image, waits until it is
+healthy and has answered a smoke prediction, switches NAME's marker in the gateway (a file nginx
+reads per request: no reload, so nothing in flight on any model is cut), checks a prediction
+through the gateway at /models/NAME, lets the old color drain, then stops it. Only the first
+deploy of a model (or its removal) rewrites the gateway's routes and reloads nginx gracefully.
+Which image each model's colors run and which is live is the appliance's state
+(serving/appliance_state.py), so every model comes back as it was after a restart.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import subprocess
 import time
 from dataclasses import replace
@@ -17,15 +18,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.appliance_network import ApplianceNetwork, choose_subnet, subnets_in_use
-from serving.appliance_state import COLORS, ApplianceState, Color, other_color, read_state, state_path, write_state
+from serving.appliance_state import (
+    ApplianceState,
+    Color,
+    ServedModel,
+    image_version,
+    other_color,
+    read_state,
+    state_lock,
+    state_path,
+    write_state,
+)
 from serving.compose_cli import run_compose
+from serving.compose_health import APPLIANCE_SERVICES, WORKER, Phases, await_version, prepare_network, wait_healthy
 from serving.docker_client import project_container, project_network
-from serving.health import STARTUP_FAILED_MARKER, smoke_predict
-from serving.image_builds import build_appliance_images, build_model_image, build_worker_image, model_of_image
-from serving.metadata import ModelMetadata
-from serving.runtime import ServerState
-from serving.waiting import NotYet, wait_for
+from serving.gateway import Gateway, container_metadata
+from serving.gateway_config import GatewayModel, check_model_name
+from serving.image_builds import build_appliance_images, build_model_image, build_worker_image
+from serving.metadata import METADATA_FILE, ModelMetadata
+from serving.runtime import ServerState, default_model
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -33,36 +44,19 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
     from docker.models.networks import Network
 
-APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway")
-WORKER = "worker"  # the compose profile and service of the containerized Prefect worker
-GATEWAY_CONFIRM_TIMEOUT_S = 20.0
-
-
-def model_service(color: Color) -> str:
-    return f"model-{color}"
-
-
-class _Phases:
-    """Seconds spent in each named phase, for benchmarks and logs."""
-
-    def __init__(self) -> None:
-        self.phases: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def mark(self, name: str) -> None:
-        now = time.perf_counter()
-        self.phases[name] = round(now - self._last, 3)
-        self._last = now
+SINGLE_MODEL_SERVICES = ("model-blue", "model-green")  # what the single-model onebox ran
 
 
 class ComposeRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state_path = state_path(settings)
+        self.gateway = Gateway(settings.compose_project, settings.serve_url)
         self.last_deploy_phases: dict[str, float] = {}
-        self._retiring: Color | None = None  # the color a deploy replaced, until retire_previous()
+        self.last_deploy_reloaded_gateway = False
+        self._retiring: dict[str, Color] = {}  # per model, the color a deploy replaced
 
-    # -- persisted state, docker compose, containers ------------------------------------
+    # -- state, docker compose, containers ---------------------------------------------
     def state(self) -> ApplianceState:
         return read_state(self.state_path)
 
@@ -77,61 +71,8 @@ class ComposeRuntime:
     def _network(self) -> Network | None:
         return project_network(self.settings.compose_project)
 
-    def _wait_healthy(self, services: tuple[str, ...], timeout_s: float) -> None:
-        pending = list(services)
-
-        def all_healthy() -> None:
-            for service in list(pending):
-                if self._healthy(service):
-                    pending.remove(service)
-            if pending:
-                raise NotYet(f"not healthy yet: {', '.join(pending)}")
-
-        wait_for(all_healthy, timeout_s=timeout_s, what=f"{', '.join(services)} to be healthy", interval_s=0.5)
-
-    def _healthy(self, service: str) -> bool:
-        """Whether ``service`` is healthy; raises ServingError once it cannot become so."""
-        container = self._container(service)
-        if container is None:
-            return False
-        container.reload()
-        if container.status in {"exited", "dead", "restarting"} or container.attrs.get("RestartCount", 0):
-            logs = container.logs(tail=30).decode(errors="replace")
-            raise ServingError(f"{service} exited while starting:\n{logs}")
-        if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
-            return True
-        # BentoML's supervisor restarts a worker whose model fails to load, so the container
-        # stays "running"; its log says so at once, which saves waiting for the timeout.
-        logs = container.logs(tail=40).decode(errors="replace")
-        if STARTUP_FAILED_MARKER in logs:
-            raise ServingError(f"{service} could not load its model:\n{logs[-1500:]}")
-        return False
-
-    # -- the network -------------------------------------------------------------------
-    def _prepare_network(self, state: ApplianceState) -> ApplianceState:
-        """Record the subnet this `up` creates the network with (or finds it has); returns the state.
-
-        ONEBOX_SUBNET wins; else the recorded subnet while it is free; else a free one. A network
-        with another subnet (made by an earlier onebox, or before ONEBOX_SUBNET changed) is
-        recreated: the containers stop and start again, the data volumes stay.
-        """
-        recorded = state.network.subnet if state.network else None
-        wanted = self.settings.subnet or recorded
-        network = self._network()
-        if network is not None:
-            configs = (network.attrs.get("IPAM") or {}).get("Config") or []
-            current = configs[0].get("Subnet", "") if configs else ""
-            if current and wanted is not None and ipaddress.IPv4Network(current) == wanted:
-                return state
-            print(
-                f"the appliance's network {network.name} has subnet {current or 'none'}; "
-                "recreating it with a fixed one (containers restart, data stays)"
-            )
-            self.down()
-        subnet = choose_subnet(configured=self.settings.subnet, recorded=recorded, used=subnets_in_use())
-        state = replace(state, network=ApplianceNetwork.for_subnet(subnet))
-        write_state(self.state_path, state)
-        return state
+    def _all_profiles(self, state: ApplianceState) -> tuple[str, ...]:
+        return (*(m.service(c) for m in state.models for c in ("blue", "green") if m.image(c)), WORKER)
 
     # -- the appliance -----------------------------------------------------------------
     def is_up(self) -> bool:
@@ -142,160 +83,180 @@ class ComposeRuntime:
         return gateway is not None and gateway.status == "running"
 
     def up(self, *, worker: bool | None = None, timeout_s: float = 300) -> ApplianceState:
-        """Build what is missing, start the appliance and the live model color, wait until healthy.
+        """Build what is missing, start the appliance and every model's live color, wait until
+        healthy, and point the gateway at them (a state of the single-model onebox migrates here).
 
         ``worker``: also run the containerized worker (True), stop running it (False), or keep
         what the last `up` chose (None).
         """
         build_appliance_images(self.settings)
-        state = self._prepare_network(self.state())
-        if worker is not None:
-            state = replace(state, worker=worker)
-            write_state(self.state_path, state)
-        if not state.worker and self._container(WORKER) is not None:
-            self.compose("rm", "-f", "-s", WORKER, profiles=(WORKER,), check=False)
-        if state.worker:
-            build_worker_image(self.settings)
-        colors = (state.live_color,) if state.live_color else ()
-        profiles = colors + ((WORKER,) if state.worker else ())
-        self.compose("up", "-d", "--remove-orphans", profiles=profiles)
-        self._wait_healthy(APPLIANCE_SERVICES + tuple(model_service(color) for color in colors), timeout_s)
-        self._switch_gateway(state.live_color)  # the gateway's own record may predate a `down -v`
+        with state_lock(self.state_path):
+            state = prepare_network(self, self.state())
+            if worker is not None:
+                state = replace(state, worker=worker)
+            write_state(self.state_path, state)  # also the first write of a migrated state
+            for service in SINGLE_MODEL_SERVICES:  # they hold the addresses of the first model's slot
+                if (old := self._container(service)) is not None:
+                    old.remove(force=True)
+            if not state.worker and self._container(WORKER) is not None:
+                self.compose("rm", "-f", "-s", WORKER, profiles=(WORKER,), check=False)
+            if state.worker:
+                build_worker_image(self.settings)
+            live = tuple(m.service(m.live_color) for m in state.live_models() if m.live_color)
+            self.compose("up", "-d", "--remove-orphans", profiles=live + ((WORKER,) if state.worker else ()))
+            wait_healthy(self, APPLIANCE_SERVICES + live, timeout_s)
+            for model in state.live_models():  # the gateway's own record may predate a `down -v`
+                self.gateway.switch(model.name, model.live_color)
+            self._publish()
         return state
 
     def down(self, *, volumes: bool = False) -> None:
-        self.compose("down", *(["-v"] if volumes else []), "--remove-orphans", profiles=(*COLORS, WORKER))
+        profiles = self._all_profiles(self.state())
+        self.compose("down", *(["-v"] if volumes else []), "--remove-orphans", profiles=profiles)
 
     # -- serving ---------------------------------------------------------------------
-    def current(self) -> ServerState | None:
-        state = self.state()
-        if state.live_color is None:
+    def _server_state(self, model: ServedModel) -> ServerState | None:
+        if model.live_color is None:
             return None
-        container = self._container(model_service(state.live_color))
+        container = self._container(model.service(model.live_color))
         if container is None or container.status != "running":
             return None
-        image = state.image(state.live_color)  # onebox/model:PROJECT.NAME-vVERSION
-        model_name, model_version = model_of_image(self.settings, image)
-        return ServerState(
-            pid=0,
-            model_name=model_name,
-            model_version=model_version,
-            bundle=image,
-            url=self.settings.serve_url,
-            started=container.attrs["State"].get("StartedAt", ""),
-        )
+        image = model.image(model.live_color)
+        started = container.attrs["State"].get("StartedAt", "")
+        url = f"{self.settings.serve_url}/models/{model.name}"
+        return ServerState(0, model.name, image_version(image), image, url, started)
 
-    def _switch_gateway(self, color: Color | None) -> None:
-        gateway = self._container("gateway")
-        if gateway is None:
-            raise ServingError("the gateway is not running; start the appliance with: make up")
-        target = color or "none"
-        code, output = gateway.exec_run(["onebox-gateway", "switch", target])
-        if code != 0:
-            raise ServingError(f"switching the gateway to {target} failed: {output.decode(errors='replace')}")
+    def served(self) -> list[ServerState]:
+        """Every model serving now, in the order each was first served."""
+        return [s for model in self.state().models if (s := self._server_state(model)) is not None]
+
+    def current(self, model_name: str | None = None) -> ServerState | None:
+        """What serves ``model_name`` (None: the default model, as callers of one model ask)."""
+        name = model_name or self.default_model()
+        model = self.state().model(name) if name else None
+        return self._server_state(model) if model is not None else None
+
+    def default_model(self) -> str | None:
+        return default_model(self.settings, self.served())
+
+    def _publish(self) -> bool:
+        """Write the gateway's routes and index for what serves now; True when nginx reloaded."""
+        state, entries = self.state(), []
+        assert state.network is not None  # every `up` records it before a model runs
+        for served in self.served():
+            model = state.model(served.model_name)
+            assert model is not None
+            assert model.live_color is not None
+            metadata = container_metadata(self._container(model.service(model.live_color)))
+            blue, green = state.network.addresses(model.slot)
+            entries.append(GatewayModel(model, (str(blue), str(green)), metadata))
+        return self.gateway.publish(entries, default=self.default_model())
 
     def deploy(self, bundle: Path) -> ServerState:
-        """Swap the model behind the gateway for ``bundle`` with no failed requests.
+        """Swap the model ``bundle``'s metadata names for ``bundle``, with no failed requests on
+        it or any other model; a model served for the first time is added beside the others.
 
-        Returns once the gateway serves the new model; the old color still runs until
+        Returns once the gateway serves the new version; the old color still runs until
         :meth:`retire_previous`, so the caller can move the production alias first.
 
         Raises:
-            ServingError: the new model did not become healthy or answer; the old one keeps serving.
+            ServingError: the new version did not become healthy or answer; what served that
+                model before keeps serving, and no other model was touched.
         """
-        clock = _Phases()
-        metadata = ModelMetadata.read(bundle / "metadata.json")
+        clock = Phases()
+        metadata = ModelMetadata.read(bundle / METADATA_FILE)
+        name = check_model_name(metadata.model_name)
         image = build_model_image(self.settings, bundle, metadata)
         clock.mark("build_image")
-        state = self.state()
-        if state.network is None:
-            raise ServingError("the appliance was started by an earlier onebox: run `onebox up` once, then deploy")
-        live = state.live_color
-        idle = other_color(live) if live else "blue"
-        service = model_service(idle)
-        write_state(self.state_path, state.with_image(idle, image))
-        try:
-            self.compose("up", "-d", "--no-deps", "--force-recreate", service, profiles=(idle,))
-            self._wait_healthy((service,), self.settings.serve_ready_timeout_s)
-            clock.mark("start_until_healthy")
-            container = self._container(service)
-            if container is None:
-                raise ServingError(f"{service} is gone")
-            code, output = container.exec_run(["python3", "-m", "serving.health", "http://127.0.0.1:3000"])
-            if code != 0:
-                raise ServingError(output.decode(errors="replace").strip())
-            clock.mark("smoke_in_container")
-            self._switch_gateway(idle)
-        except ServingError as error:
-            self.compose("rm", "-f", "-s", service, profiles=(idle,), check=False)
-            write_state(self.state_path, state)
-            raise ServingError(f"model v{metadata.model_version} was not switched to: {error}") from error
-        write_state(self.state_path, replace(state.with_image(idle, image), live_color=idle))
-        try:
-            self._await_gateway_version(metadata)
-        except ServingError:
-            if live:  # the gateway path is broken: go back while the old color still runs
-                self._switch_gateway(live)
-                write_state(self.state_path, state)
-            raise
+        with state_lock(self.state_path):
+            state = self.state()
+            if state.network is None:
+                raise ServingError("the appliance was started by an earlier onebox: run `onebox up` once, then deploy")
+            model = state.model(name) or ServedModel(name, state.free_slot())
+            state.network.addresses(model.slot)  # room for it on the network?
+            live = model.live_color
+            idle = other_color(live) if live else "blue"
+            names = [m.name for m in state.live_models()] + ([] if live else [name])
+            default = self.settings.default_model if self.settings.default_model in names else names[0]
+            workers = self.settings.serve_workers if name == default else self.settings.other_model_workers
+            trial = replace(model.with_image(idle, image), workers=workers)
+            write_state(self.state_path, state.with_model(trial))
+            service = trial.service(idle)
+            try:
+                self.compose("up", "-d", "--no-deps", "--force-recreate", service, profiles=(service,))
+                wait_healthy(self, (service,), self.settings.serve_ready_timeout_s)
+                clock.mark("start_until_healthy")
+                container = self._container(service)
+                if container is None:
+                    raise ServingError(f"{service} is gone")
+                code, output = container.exec_run(["python3", "-m", "serving.health", "http://127.0.0.1:3000"])
+                if code != 0:
+                    raise ServingError(output.decode(errors="replace").strip())
+                clock.mark("smoke_in_container")
+                self.gateway.switch(name, idle)
+                write_state(self.state_path, state.with_model(replace(trial, live_color=idle)))
+                self.last_deploy_reloaded_gateway = self._publish()
+                await_version(f"{self.settings.serve_url}/models/{name}", metadata)
+            except ServingError as error:
+                self._go_back(state, model, service)
+                raise ServingError(f"model {name} v{metadata.model_version} was not switched to: {error}") from error
         clock.mark("switch_and_confirm")
         self.last_deploy_phases = clock.phases
-        self._retiring = live
-        return ServerState(
-            pid=0,
-            model_name=metadata.model_name,
-            model_version=metadata.model_version,
-            bundle=image,
-            url=self.settings.serve_url,
-            started=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
+        if live:
+            self._retiring[name] = live
+        url = f"{self.settings.serve_url}/models/{name}"
+        return ServerState(0, name, metadata.model_version, image, url, datetime.now(UTC).isoformat(timespec="seconds"))
 
-    def logs(self, *, lines: int = 100, service: str = "model") -> str:
-        """Recent logs of an appliance service; ``model`` means the live model color."""
-        if service == "model":
-            live = self.state().live_color
-            if live is None:
-                return "no model is deployed yet"
-            service = model_service(live)
-        return self.compose("logs", "--no-color", "--tail", str(lines), service, profiles=(*COLORS, WORKER)).stdout
+    def _go_back(self, state: ApplianceState, model: ServedModel, service: str) -> None:
+        """After a failed deploy: ``model``'s old color serves again (or, new, it is not routed)."""
+        self.gateway.switch(model.name, model.live_color)
+        self.compose("rm", "-f", "-s", service, profiles=(service,), check=False)
+        write_state(self.state_path, state)
+        self._publish()
 
-    def retire_previous(self) -> None:
-        """After a deploy: let the old color drain, then stop and remove it."""
-        if self._retiring is None:
+    def retire_previous(self, model_name: str | None = None) -> None:
+        """After a deploy of ``model_name`` (None: of the model deployed last): let its old color
+        drain, then stop and remove it."""
+        model_name = model_name or next(reversed(self._retiring), "")
+        color = self._retiring.pop(model_name, None)
+        model = self.state().model(model_name)
+        if color is None or model is None:
             return
         started = time.perf_counter()
         time.sleep(self.settings.drain_s)  # in-flight requests on the old color finish
-        self.compose("rm", "-f", "-s", model_service(self._retiring), profiles=(self._retiring,))
+        self.compose("rm", "-f", "-s", model.service(color), profiles=(model.service(color),))
         self.last_deploy_phases["drain_and_stop_old"] = round(time.perf_counter() - started, 3)
-        self._retiring = None
 
-    def _await_gateway_version(self, metadata: ModelMetadata) -> None:
-        """Wait until predictions through the gateway come from ``metadata``'s version.
+    def stop(self, model_name: str | None = None) -> list[ServerState]:
+        """Stop serving ``model_name`` (its routes then answer 404), or every model; returns what served."""
+        with state_lock(self.state_path):
+            state = self.state()
+            doomed = [state.known(model_name)] if model_name is not None else list(state.models)
+            served = [s for s in self.served() if s.model_name in {m.name for m in doomed}]
+            for model in doomed:
+                self.gateway.switch(model.name, None)
+            remaining = state
+            for model in doomed:
+                remaining = remaining.without_model(model.name)
+                self._retiring.pop(model.name, None)
+            services = tuple(m.service(c) for m in doomed for c in ("blue", "green") if m.image(c))
+            if services:
+                self.compose("rm", "-f", "-s", *services, profiles=services, check=False)
+            write_state(self.state_path, remaining)
+            self._publish()
+        return served
 
-        The switch is immediate; this proves the path through the gateway end to end.
-        """
-
-        def answers_new_version() -> None:
-            try:
-                smoke_predict(
-                    self.settings.serve_url, expected_version=metadata.model_version, image_shape=metadata.image_shape
-                )
-            except ServingError as error:
-                raise NotYet(str(error)) from None
-
-        wait_for(
-            answers_new_version,
-            timeout_s=GATEWAY_CONFIRM_TIMEOUT_S,
-            what=f"the gateway to serve model v{metadata.model_version}",
-            interval_s=0.2,
-        )
-
-    def stop(self) -> ServerState | None:
-        """Stop the live model; the gateway then answers 503 until the next deploy."""
-        current = self.current()
+    def logs(self, *, model_name: str | None = None, lines: int = 100, service: str = "model") -> str:
+        """Recent logs of a model's live color (``model_name``, else the default model's), or of
+        another appliance service (``service``: mlflow, prefect, gateway, worker)."""
         state = self.state()
-        if state.live_color is not None:
-            self._switch_gateway(None)
-            self.compose("rm", "-f", "-s", model_service(state.live_color), profiles=COLORS, check=False)
-            write_state(self.state_path, replace(state, live_color=None))
-        return current
+        if service == "model":
+            name = model_name or self.default_model()
+            if name is None:
+                return "no model is deployed yet"
+            model = state.known(name)
+            if model.live_color is None:
+                return f"model {name} has no live color"
+            service = model.service(model.live_color)
+        profiles = self._all_profiles(state)
+        return self.compose("logs", "--no-color", "--tail", str(lines), service, profiles=profiles).stdout

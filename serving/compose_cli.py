@@ -15,6 +15,7 @@ import subprocess
 
 from serving.appliance_state import ApplianceState, read_state, state_path, write_env_file, write_state
 from serving.checkout import COMPOSE_FILE, SOURCE_ROOT
+from serving.compose_models import write_models_compose
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -58,7 +59,9 @@ def compose_environment(settings: Settings, state: ApplianceState) -> dict[str, 
 def run_compose(
     settings: Settings, *args: str, profiles: tuple[str, ...] = (), check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``docker compose -p PROJECT ... ARGS`` with the appliance's environment.
+    """``docker compose -p PROJECT -f docker-compose.yml -f models.yml ... ARGS`` with the
+    appliance's environment; models.yml (the served models' services, when there are any) is
+    written from the state first.
 
     Raises:
         ServingError: it failed and ``check`` is set (the message ends with its output).
@@ -66,10 +69,13 @@ def run_compose(
     path = state_path(settings)
     if not path.is_file():
         write_state(path, ApplianceState())
-    environment = compose_environment(settings, read_state(path))
+    state = read_state(path)
+    environment = compose_environment(settings, state)
+    models = write_models_compose(settings.compose_dir, state)
     # --env-file: the state again, and no reading of a .env in the checkout (pydantic-settings
     # has read that one already, under the settings' own names).
-    command = [*compose_command(), "-p", settings.compose_project, "-f", str(COMPOSE_FILE), "--env-file", str(path)]
+    files = ["-f", str(COMPOSE_FILE), *(["-f", str(models)] if models else [])]
+    command = [*compose_command(), "-p", settings.compose_project, *files, "--env-file", str(path)]
     for profile in profiles:
         command += ["--profile", profile]
     inherited = {key: value for key, value in os.environ.items() if not key.startswith(PREFIX)}

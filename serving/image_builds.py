@@ -38,6 +38,7 @@ SERVING_FILES = (
     "serving/model_routes.py",
     "serving/predictor.py",
     "serving/service.py",
+    "serving/single_process.py",
     "serving/uploads.py",
     "serving/waiting.py",
     "storage/__init__.py",
@@ -171,7 +172,7 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
     )
     prefect = _python_image(settings, "prefect", "prefect", base, {})
     context = _fresh_context(settings, "gateway")
-    for name in ("Dockerfile", "nginx.conf.template", "gateway.sh"):
+    for name in ("Dockerfile", "nginx.conf.template", "no-models.conf", "gateway.sh"):
         shutil.copy2(COMPOSE_DIR / "gateway" / name, context / name)
     gateway = f"onebox/gateway:{settings.image_tag}"
     # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.
@@ -217,7 +218,7 @@ def build_model_image(settings: Settings, bundle: Path, metadata: ModelMetadata)
     runtime = f"onebox/runtime:{settings.image_tag}"
     if not image_exists(runtime):
         raise ServingError(f"the serving runtime image {runtime} is missing; run: make up")
-    context = _fresh_context(settings, "model")
+    context = _fresh_context(settings, f"model-{metadata.model_name}")  # models build side by side
     shutil.copy2(COMPOSE_DIR / "model" / "Dockerfile", context / "Dockerfile")
     shutil.copytree(bundle, context / "bundle")
     tag = model_image_tag(settings, metadata.model_name, metadata.model_version)

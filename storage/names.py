@@ -14,7 +14,7 @@ NAME_RULE = "use 1-64 lowercase letters, digits, '.', '_' or '-', starting with 
 
 
 def is_safe_name(name: str) -> bool:
-    return NAME_PATTERN.match(name) is not None
+    return NAME_PATTERN.fullmatch(name) is not None  # fullmatch: "$" alone lets a trailing newline in
 
 
 def name_problem(kind: str, name: str) -> str | None:

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     serve_workers: int = Field(
         default=2, ge=1, le=64, description="Model server worker processes (one per CPU core the model may use)."
     )
+    other_model_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes of each served model but the default one (each costs memory all the time).",
+    )
     # The appliance (docker compose): images, ports published on `bind`, the compose project.
     base_image: str = Field(default="python:3.11-slim", description="Base of every image; bootstrapped if unreachable.")
     image_tag: str = Field(default="latest", description="Tag of the appliance's own images.")

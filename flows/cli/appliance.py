@@ -137,15 +137,14 @@ def logs(
     """Recent logs of the model server (or of an appliance service)."""
     from serving.compose import ComposeRuntime
     from serving.runtime import runtime_for
+    from storage.registry import resolve_model
 
-    runtime = runtime_for(settings())
-    if isinstance(runtime, ComposeRuntime):  # TODO(after the merge): pass model_name once compose's logs take it
-        print(runtime.logs(lines=lines, service=service))
+    current = settings()
+    runtime = runtime_for(current)
+    name = resolve_model(current, model) if model is not None else None
+    if isinstance(runtime, ComposeRuntime):
+        print(runtime.logs(model_name=name, lines=lines, service=service))
     elif service != "model":
         raise fail(f"{service!r} runs only in the appliance (make up); the local runtime has only the model")
     else:
-        from storage.registry import resolve_model
-
-        current = settings()
-        name = resolve_model(current, model) if model is not None else None
         print(runtime.logs(model_name=name, lines=lines))

@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.servers import free_port
-from serving.local import LocalRuntime
 from storage.settings import Settings
 
 ONEBOX = str(Path(sys.executable).with_name("onebox"))
-# TODO(after the merge): helper "serve" makes LocalRuntime serve many named models (served(),
-# current(name)); the commands that list what serves need it, and these tests run by themselves then.
-needs_multi_model_runtime = pytest.mark.skipif(
-    not hasattr(LocalRuntime, "served"), reason="LocalRuntime does not implement the multi-model Runtime yet"
-)
 
 
 def onebox(settings: Settings, *args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
@@ -115,7 +109,6 @@ def test_train_help_lists_every_parameter_with_its_limits(settings: Settings) ->
     assert "--here" in words
 
 
-@needs_multi_model_runtime
 def test_data_import_list_and_status(settings: Settings, tmp_path: Path) -> None:
     from tests.storage.test_datasets import make_folder
 
@@ -171,7 +164,6 @@ def test_rollback_with_nothing_registered_says_what_to_do(settings: Settings) ->
     assert not settings.mlflow_db_path.exists()  # the quick read created nothing
 
 
-@needs_multi_model_runtime
 def test_models_lists_every_model_with_its_state(settings: Settings) -> None:
     two_models(settings)
     rows = json.loads(onebox(settings, "models", "--json").stdout)

@@ -118,8 +118,8 @@ def test_a_refusal_wins_even_over_a_negative_minimum() -> None:
 # The gate's binding, the deploy and the production alias, against a real MLflow SQLite registry
 # and an in-memory runtime: a test double of the runtime seam (serving/runtime.py), because a
 # failed deploy is one fault these tests need, and no real server can be made to fail on cue.
-# TODO(after the merge): the same flows against the real multi-model LocalRuntime are covered by
-# tests/flows/test_pipeline.py and tests/serving/test_local.py once helper "serve"'s runtime lands.
+# The same flows against the real multi-model LocalRuntime: the last test here,
+# tests/flows/test_pipeline.py and tests/serving/test_local.py.
 
 DIGITS, PARTS = "digits", "parts"
 MODELS = {DIGITS: (["a", "b"], [1, 2, 2], 3), PARTS: (["x", "y", "z"], [3, 4, 4], 2)}  # classes, shape, versions
@@ -478,9 +478,7 @@ def test_a_challenger_of_other_classes_under_an_existing_name_is_refused_and_pro
             get_settings.cache_clear()
 
 
-# TODO(after the merge): runs once helper "serve"'s LocalRuntime serves many named models.
 @pytest.mark.slow  # three short training runs and a real multi-model server over HTTP
-@pytest.mark.skipif(not hasattr(LocalRuntime, "served"), reason="LocalRuntime does not serve many models yet")
 def test_rollback_of_one_model_leaves_the_other_serving_and_retire_brings_back(
     prefect_server: None, tmp_path: Path
 ) -> None:

@@ -1,28 +1,101 @@
-"""The appliance for real: docker compose, offline-built images, blue/green swaps under load.
+"""The appliance for real: docker compose, offline-built images, many models behind one gateway,
+each swapped blue/green on its own under load.
 
-One stack per module under a unique compose project, ports and model name; torn down after.
+One stack per module under a unique compose project, ports and model names; torn down after.
+The tests share it and run in order: two models are deployed, swapped, refused, stopped and
+restored. Bundles are tiny real ONNX graphs (no training): the serving path is what is tested.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from serving.appliance_state import (
+    OLD_IMAGE_KEYS,
+    OLD_LIVE_COLOR_KEY,
+    models_path,
+    read_state,
+    state_path,
+    write_env_file,
+)
+from serving.checkout import SOURCE_ROOT
 from serving.compose import ComposeRuntime
+from serving.image_builds import remove_model_images
 from serving.loadtest import SteadyLoad
+from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
 from storage.errors import ServingError
-from storage.registry import PRODUCTION, materialize_bundle, version_by_alias
 from storage.settings import Settings
 from tests.conftest import isolated_appliance, png_bytes
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    # The gateway forwards /models/NAME/... unchanged; the model server answers it with helper
+    # serve's middleware (serving/model_routes.py). Until both branches are merged it is absent.
+    pytest.mark.skipif(
+        not (SOURCE_ROOT / "serving" / "model_routes.py").is_file(),
+        reason="the model server does not answer /models/NAME/ yet (serving/model_routes.py)",
+    ),
+]
 
-SWAP_REQUESTS = 2000
+SWAP_REQUESTS = 600  # on each model
+DIGITS_SHAPE = (1, 8, 8)
+COLOR_SHAPE = (3, 16, 16)
+
+
+def write_bundle(folder: Path, *, name: str, version: str, classes: int, image_shape: tuple[int, int, int]) -> Path:
+    """A real model bundle: flatten, one dense layer (class k wins when pixel k is brightest)."""
+    features = int(np.prod(image_shape))
+    weights = np.zeros((features, classes), dtype=np.float32)
+    weights[np.arange(classes), np.arange(classes)] = 10.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["images"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "weights", "bias"], ["logits"]),
+        ],
+        "bundle",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", *image_shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(np.linspace(0.1, 0.0, classes, dtype=np.float32), "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True)
+    onnx.save(model, str(folder / MODEL_FILE))
+    labels = tuple(f"class-{k}" for k in range(classes))
+    metadata = ModelMetadata(name, version, f"run-{version}", f"{name}-data", "1", labels, image_shape, {})
+    metadata.write(folder / METADATA_FILE)
+    return folder
+
+
+class Models:
+    """The module's two model names and a way to make a bundle of either."""
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        self.digits = "digits"
+        self.colors = "colors"  # a second task: other classes and image size
+        self.folder = folder
+
+    def bundle(self, name: str, version: str) -> Path:
+        """The bundle of ``name`` v``version`` (made once)."""
+        folder = self.folder / f"{name}-v{version}"
+        if folder.is_dir():
+            return folder
+        shape, classes = (DIGITS_SHAPE, 10) if name == self.digits else (COLOR_SHAPE, 3)
+        return write_bundle(folder, name=name, version=version, classes=classes, image_shape=shape)
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +103,32 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) ->
     with isolated_appliance(tmp_path_factory) as settings:
         ComposeRuntime(settings).up()
         yield settings
+    remove_model_images(settings)  # this appliance's own: the tags carry its compose project
 
 
-def digit_png() -> bytes:
-    pixels = np.zeros((8, 8), np.uint8)
-    pixels[1:7, 3:5] = 255  # a one
-    return png_bytes(pixels)
+@pytest.fixture(scope="module")
+def models(appliance: Settings, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    return Models(appliance, tmp_path_factory.mktemp("bundles"))
 
 
-def predict(client: httpx.Client, url: str) -> httpx.Response:
-    return client.post(f"{url}/predict", files={"image": ("digit.png", digit_png(), "image/png")})
+def predict(url: str, shape: tuple[int, int, int] = DIGITS_SHAPE) -> httpx.Response:
+    pixels = np.zeros(shape[1:] if shape[0] == 1 else (shape[1], shape[2], shape[0]), np.uint8)
+    return httpx.post(f"{url}/predict", files={"image": ("x.png", png_bytes(pixels), "image/png")}, timeout=30)
+
+
+def version_at(url: str, shape: tuple[int, int, int] = DIGITS_SHAPE) -> str:
+    answer = predict(url, shape)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["model_version"])
 
 
 def test_gateway_without_a_model_says_how_to_train_one(appliance: Settings) -> None:
     url = appliance.serve_url
     assert httpx.get(f"{url}/gateway/healthz").status_code == 200
-    answer = httpx.post(f"{url}/predict", files={"image": ("d.png", digit_png(), "image/png")})
+    answer = predict(url)
     assert answer.status_code == 503
     assert "onebox train" in answer.json()["error"]
+    assert ComposeRuntime(appliance).served() == []
 
 
 def test_a_second_build_rebuilds_nothing(appliance: Settings) -> None:
@@ -99,79 +180,159 @@ def test_the_network_has_a_free_subnet_and_the_colors_fixed_addresses(appliance:
     assert overlap(subnet, others) is None
 
 
-def test_train_through_the_appliance_serves_via_the_gateway(appliance: Settings) -> None:
-    from mlflow import MlflowClient
-
-    from flows.pipeline import training_pipeline
-
-    result = training_pipeline(epochs=4, seed=0, deploy=True)
-
-    assert result.served_url == appliance.serve_url
-    assert appliance.mlflow_tracking_uri.startswith("http://")
-    assert MlflowClient(appliance.mlflow_tracking_uri).get_run(result.run_id).info.status == "FINISHED"
-    answer = predict(httpx.Client(), appliance.serve_url)
-    assert answer.status_code == 200
-    assert answer.json()["model_version"] == result.model_version
-    assert httpx.get(f"{appliance.serve_url}/metadata").json()["run_id"] == result.run_id
-    assert "<html" in httpx.get(f"{appliance.serve_url}/").text.lower()  # Swagger UI through the gateway
-
-
-def test_better_model_swaps_in_with_zero_failed_requests(appliance: Settings) -> None:
-    from flows.pipeline import training_pipeline
-
-    before = version_by_alias(appliance, "digits", PRODUCTION)
-    assert before is not None
-    with SteadyLoad(appliance.serve_url) as load:
-        result = training_pipeline(epochs=4, seed=1, deploy=True, min_improvement=-1.0)
-        load.finish(at_least=SWAP_REQUESTS)
-
-    assert result.promoted
+def test_two_models_serve_side_by_side(appliance: Settings, models: Models) -> None:
+    runtime = ComposeRuntime(appliance)
+    first = runtime.deploy(models.bundle(models.digits, "1"))
+    assert runtime.last_deploy_reloaded_gateway  # a new model: new routes
+    digits_url = f"{appliance.serve_url}/models/{models.digits}"
+    colors_url = f"{appliance.serve_url}/models/{models.colors}"
+    # The second model's first deploy rewrites the routes and reloads nginx: under load on the
+    # first, nothing fails.
+    with SteadyLoad(digits_url, clients=2) as load:
+        second = runtime.deploy(models.bundle(models.colors, "1"))
+        load.finish(at_least=200)
+    assert runtime.last_deploy_reloaded_gateway
     assert load.failures == []
-    assert load.sent >= SWAP_REQUESTS
-    assert set(load.answers) == {before.version, result.model_version}  # old, then new
-    assert version_by_alias(appliance, "digits", PRODUCTION).version == result.model_version  # type: ignore[union-attr]
+
+    assert (first.url, second.url) == (digits_url, colors_url)
+    assert [(s.model_name, s.model_version) for s in runtime.served()] == [(models.digits, "1"), (models.colors, "1")]
+    assert version_at(digits_url) == version_at(colors_url, COLOR_SHAPE) == "1"
+    colors = httpx.get(f"{colors_url}/metadata").json()
+    assert (colors["model_name"], colors["image_shape"]) == (models.colors, list(COLOR_SHAPE))
+    # Unprefixed routes answer for the default model: the first served.
+    assert runtime.default_model() == models.digits
+    assert httpx.get(f"{appliance.serve_url}/metadata").json()["model_name"] == models.digits
+    assert "<html" in httpx.get(f"{colors_url}/").text.lower()  # its own Swagger page
 
 
-def test_broken_model_is_refused_and_the_old_one_keeps_serving(appliance: Settings, tmp_path: Path) -> None:
-    production = version_by_alias(appliance, "digits", PRODUCTION)
-    assert production is not None
-    broken = tmp_path / "broken"
-    shutil.copytree(materialize_bundle(appliance, "digits", production.version), broken)
-    (broken / "metadata.json").write_text(
-        (broken / "metadata.json")
-        .read_text()
-        .replace(f'"model_version": "{production.version}"', '"model_version": "999"')
+def test_an_unknown_model_is_a_404_listing_the_served_ones(appliance: Settings, models: Models) -> None:
+    answer = predict(f"{appliance.serve_url}/models/no-such-model")
+    assert answer.status_code == 404
+    assert (
+        answer.json()["error"]
+        == f"no model named no-such-model is served; served models: {models.digits}, {models.colors}"
     )
-    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(
+        ServingError, match=f"'no-such-model' is not served by the appliance; served models: {models.digits}"
+    ):
+        ComposeRuntime(appliance).stop("no-such-model")
+
+
+def test_the_index_page_lists_both_models_in_a_browser(appliance: Settings, models: Models) -> None:
+    index = httpx.get(f"{appliance.serve_url}/index.json").json()
+    assert index["default"] == models.digits
+    assert [(m["name"], m["url"]) for m in index["models"]] == [
+        (models.digits, f"/models/{models.digits}/"),
+        (models.colors, f"/models/{models.colors}/"),
+    ]
+    page = httpx.get(f"{appliance.serve_url}/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"{appliance.serve_url}/"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for name in (models.digits, models.colors):
+        assert f'href="/models/{name}/"' in dom
+
+
+def test_a_swap_and_a_rollback_of_one_model_under_load_on_both_fail_nothing(
+    appliance: Settings, models: Models
+) -> None:
+    runtime = ComposeRuntime(appliance)
+    digits_url = f"{appliance.serve_url}/models/{models.digits}"
+    colors_url = f"{appliance.serve_url}/models/{models.colors}"
+    for version in ("2", "1"):  # a better version swaps in, then the old one comes back
+        with SteadyLoad(digits_url) as digits, SteadyLoad(colors_url, image_shape=COLOR_SHAPE) as colors:
+            state = runtime.deploy(models.bundle(models.digits, version))
+            runtime.retire_previous(models.digits)
+            digits.finish(at_least=SWAP_REQUESTS)
+            colors.finish(at_least=SWAP_REQUESTS)
+        assert not runtime.last_deploy_reloaded_gateway  # a swap is a marker switch
+        assert digits.failures == colors.failures == []
+        assert digits.sent >= SWAP_REQUESTS
+        assert colors.sent >= SWAP_REQUESTS
+        assert set(digits.answers) == {"1", "2"}  # old, then new
+        assert set(colors.answers) == {"1"}  # the other model never noticed
+        assert state.model_version == version == version_at(digits_url) == version_at(appliance.serve_url)
+
+
+def test_a_broken_model_is_refused_and_every_model_keeps_serving(
+    appliance: Settings, tmp_path: Path, models: Models
+) -> None:
+    broken = shutil.copytree(models.bundle(models.colors, "1"), tmp_path / "broken")
+    metadata = json.loads((broken / METADATA_FILE).read_text())
+    (broken / METADATA_FILE).write_text(json.dumps({**metadata, "model_version": "999"}))
+    (broken / MODEL_FILE).write_bytes(b"not an onnx graph")
     runtime = ComposeRuntime(appliance)
     state = runtime.state()
+    colors_url = f"{appliance.serve_url}/models/{models.colors}"
 
-    with SteadyLoad(appliance.serve_url, clients=1) as load:
-        with pytest.raises(ServingError, match="v999 was not switched to"):
+    with SteadyLoad(colors_url, clients=1, image_shape=COLOR_SHAPE) as load:
+        with pytest.raises(ServingError, match=f"model {models.colors} v999 was not switched to"):
             runtime.deploy(broken)
         load.finish(at_least=50)
 
     assert load.failures == []
-    assert set(load.answers) == {production.version}
+    assert set(load.answers) == {"1"}
     assert runtime.state() == state
-    assert version_by_alias(appliance, "digits", PRODUCTION) == production
+    assert version_at(f"{appliance.serve_url}/models/{models.digits}") == "1"
 
 
-def test_rollback_then_down_and_up_restore_serving(appliance: Settings) -> None:
-    from flows.promote import rollback
-
-    production = version_by_alias(appliance, "digits", PRODUCTION)
-    assert production is not None
-    with SteadyLoad(appliance.serve_url, clients=2) as load:
-        version, url = rollback(appliance, "digits")
+def test_stopping_one_model_leaves_the_other(appliance: Settings, models: Models) -> None:
+    runtime = ComposeRuntime(appliance)
+    digits_url = f"{appliance.serve_url}/models/{models.digits}"
+    with SteadyLoad(digits_url, clients=2) as load:
+        stopped = runtime.stop(models.colors)
         load.finish(at_least=200)
 
+    assert [(s.model_name, s.model_version) for s in stopped] == [(models.colors, "1")]
     assert load.failures == []
-    assert version != production.version
-    assert version_by_alias(appliance, "digits", PRODUCTION).version == version  # type: ignore[union-attr]
-    assert predict(httpx.Client(), url).json()["model_version"] == version
+    assert predict(f"{appliance.serve_url}/models/{models.colors}", COLOR_SHAPE).status_code == 404
+    assert [s.model_name for s in runtime.served()] == [models.digits]
+    runtime.deploy(models.bundle(models.colors, "1"))  # served again, after the first model
+    assert [s.model_name for s in runtime.served()] == [models.digits, models.colors]
 
+
+def test_down_and_up_restore_every_model(appliance: Settings, models: Models) -> None:
     runtime = ComposeRuntime(appliance)
+    before = [(s.model_name, s.model_version) for s in runtime.served()]
     runtime.down()
     runtime.up()
-    assert predict(httpx.Client(), appliance.serve_url).json()["model_version"] == version
+    assert [(s.model_name, s.model_version) for s in runtime.served()] == before
+    assert version_at(f"{appliance.serve_url}/models/{models.colors}", COLOR_SHAPE) == "1"
+    assert version_at(appliance.serve_url) == "1"  # the default model, as before
+
+
+def test_a_single_model_home_keeps_serving_its_model_as_the_default(appliance: Settings, models: Models) -> None:
+    """A state.env written by the single-model onebox (one model, keys per color) migrates on `up`."""
+    runtime = ComposeRuntime(appliance)
+    state = runtime.state()
+    digits = state.model(models.digits)
+    assert digits is not None
+    assert digits.live_color is not None
+    runtime.down()
+    path = state_path(appliance)
+    old = {
+        **state.variables(),
+        OLD_LIVE_COLOR_KEY: digits.live_color,
+        **{key: digits.image(color) for color, key in OLD_IMAGE_KEYS.items()},
+    }
+    write_env_file(path, old)
+    models_path(path).unlink()
+
+    runtime.up()
+    assert [(s.model_name, s.model_version) for s in runtime.served()] == [(models.digits, "1")]
+    migrated = read_state(path).model(models.digits)
+    assert migrated is not None
+    assert (migrated.slot, migrated.live_color, migrated.image(digits.live_color)) == (
+        0,
+        digits.live_color,
+        digits.image(digits.live_color),
+    )
+    assert version_at(appliance.serve_url) == version_at(f"{appliance.serve_url}/models/{models.digits}") == "1"
+    assert predict(f"{appliance.serve_url}/models/{models.colors}", COLOR_SHAPE).status_code == 404

@@ -18,7 +18,7 @@ import yaml
 from dotenv import dotenv_values
 
 from serving.appliance_network import ApplianceNetwork
-from serving.appliance_state import IMAGE_KEYS, ApplianceState
+from serving.appliance_state import DYNAMIC_RANGE_KEY, ApplianceState, ServedModel
 from serving.checkout import COMPOSE_FILE, SOURCE_ROOT
 from serving.compose_cli import SETTINGS_FILE, SETTINGS_FILE_VARIABLE, SOURCE_VARIABLE, compose_environment
 from storage.settings import Settings, env_name
@@ -68,10 +68,8 @@ def test_the_settings_env_names_are_the_documented_ones() -> None:
 @pytest.fixture
 def recorded_state() -> ApplianceState:
     return ApplianceState(
-        live_color="green",
+        models=(ServedModel("digits", 0, "green", "onebox/model:digits-v1", "onebox/model:digits-v2"),),
         worker=True,
-        blue_image="onebox/model:digits-v1",
-        green_image="onebox/model:digits-v2",
         network=ApplianceNetwork.for_subnet(ipaddress.IPv4Network("10.99.0.0/24")),
     )
 
@@ -80,7 +78,7 @@ def test_compose_sees_every_variable_it_interpolates(tmp_path: Path, recorded_st
     environment = compose_environment(Settings(home=tmp_path), recorded_state)
     assert compose_variables() <= set(environment)
     assert environment[SOURCE_VARIABLE] == str(SOURCE_ROOT)
-    assert environment[IMAGE_KEYS["green"]] == "onebox/model:digits-v2"
+    assert environment[DYNAMIC_RANGE_KEY] == "10.99.0.0/25"
 
 
 def test_the_recorded_subnet_wins_over_the_setting(tmp_path: Path, recorded_state: ApplianceState) -> None:
