@@ -58,7 +58,14 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
     settings = get_settings()
     train.resolve_device(parameters.device)  # fail before any work when CUDA was asked for and is missing
     data = steps.prepare_data(settings, parameters.dataset, parameters.dataset_version, parameters.seed)
-    run_id = steps.start_mlflow_run(settings, data, parameters.seed)
+    # A resumed run is the same MLflow run, continued from its last checkpoint: its finished
+    # history holds every epoch once. A bad resume fails here, leaving that run as it was.
+    checkpoint = None
+    if parameters.resume:
+        run_id = parameters.resume
+        checkpoint = steps.resume_mlflow_run(settings, run_id, data, parameters)
+    else:
+        run_id = steps.start_mlflow_run(settings, data, parameters.seed)
     failed = True
     try:
         # One slot of the `gpu` limit per training: two runs started together train one after
@@ -68,7 +75,7 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
         logger.info("waiting for a slot of the %r concurrency limit", GPU_LIMIT)
         with concurrency(GPU_LIMIT, occupy=1, strict=True):
             logger.info("holding a %r slot: training", GPU_LIMIT)
-            training = steps.train_model(data, parameters)
+            training = steps.train_model(settings, run_id, data, parameters, checkpoint)
             evaluation = steps.evaluate_model(data, training)
             training.model.cpu()  # export and serving work on CPU; the GPU is free for the next run
             train.release_gpu_memory()

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from flows import evaluate, export, prepare, report, run_record, train
+from flows.model import ConvClassifier
 from serving.predictor import create_session
-from storage.datasets import load_dataset, resolve_dataset
+from storage.datasets import open_images, resolve_dataset
 from storage.images import normalize
 from storage.settings import Settings
 
@@ -48,13 +49,18 @@ def run_plain_pipeline(
     """
     started = datetime.now(UTC)
     version = resolve_dataset(dataset, None, settings)
-    data = prepare.split_dataset(load_dataset(version), seed=seed)
-    training = train.train_model(data, epochs=epochs, learning_rate=1e-3, batch_size=64, seed=seed, device="auto")
+    data = prepare.split_dataset(open_images(version), seed=seed)
+    torch.manual_seed(seed)
+    channels, height, width = version.image_shape
+    model = ConvClassifier(channels=channels, height=height, width=width, num_classes=len(version.classes))
+    training = train.train_model(
+        data, model, epochs=epochs, learning_rate=1e-3, batch_size=64, seed=seed, device="auto"
+    )
     probabilities = train.predict_probabilities(training.model, data.test.images)
     result = evaluate.evaluate_probabilities(probabilities, data.test.labels, data.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = export.export_onnx(training.model, out_dir / "model.onnx")
-    check = export.check_export(training.model, onnx_path, data.test.images)
+    onnx_path = export.export_onnx(model, out_dir / "model.onnx")
+    check = export.check_export(model, onnx_path, data.test.images)
     torch.save(training.model.state_dict(), out_dir / "model.pt")
     metrics = {**result.flat_metrics(), **check.flat_metrics(), "train_seconds": training.seconds}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
