@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,9 @@ def log_training(
     example = data.test.sample(2).astype(np.float32) / 255.0
     with mlflow.start_run(run_id=run_id):
         # The dataset by reference (its folder and version), not its images: they may not fit in memory.
-        source = resolve_dataset_source(str(dataset.path))
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(dataset.path))
         reference = MetaDataset(source, name=dataset.name, digest=dataset.version)  # type: ignore[abstract]  # profile is optional at run time
         mlflow.log_input(reference, context="training")
         mlflow.pytorch.log_model(
