@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cli import cli_table, cli_targets
+from benchmarks.training import target_rows as training_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -128,6 +129,8 @@ def targets_table(data: dict[str, Any]) -> list[str]:
             f"{pipeline['flow_vs_plain']}x ({pipeline['flow_median_s']} vs {pipeline['plain_script_median_s']} s)"
         )
         rows.append(("pipeline <= 1.15x the plain script", measured, pipeline["flow_vs_plain"] <= 1.15))
+    if data.get("training"):
+        rows += training_targets(data["training"])
     return ["| target | measured | |", "|---|---|---|", *(f"| {t} | {m} | {_mark(ok)} |" for t, m, ok in rows)]
 
 
@@ -248,7 +251,8 @@ def summary(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    data = {name: _load(name) for name in ("appliance", "serving", "runtimes", "pipeline", "cli", "cli-before")}
+    names = ("appliance", "serving", "runtimes", "pipeline", "cli", "cli-before", "training")
+    data = {name: _load(name) for name in names}
     plots(data)
     text = summary(data)
     (RESULTS / "summary.md").write_text(text)

@@ -2,7 +2,8 @@
 
 Brings up the real appliance under its own compose project, ports, model name and home, and
 measures, in this order: the `onebox` command's start-up and an embedded training run
-(benchmarks/cli.py, no Docker); cold `up`; registered -> serving and failed requests during a swap
+(benchmarks/cli.py, no Docker); training throughput and a large dataset's memory
+(benchmarks/training.py, no Docker); cold `up`; registered -> serving and failed requests during a swap
 under load; idle memory; serving side by side (benchmarks/serving.py); torch vs ONNX Runtime
 (benchmarks/runtimes.py); the flow against the plain script (benchmarks/pipeline.py). Each
 result is written to benchmarks/results/*.json as soon as it is measured; the stack is torn
@@ -43,7 +44,7 @@ def main() -> int:
 
     settings = get_settings()
     prepare_environment(settings)
-    from benchmarks import appliance, cli, pipeline, report, runtimes, serving
+    from benchmarks import appliance, cli, pipeline, report, runtimes, serving, training
     from serving.compose import ComposeRuntime
     from serving.image_builds import remove_model_images
 
@@ -55,6 +56,7 @@ def main() -> int:
     runtime = ComposeRuntime(settings)
     swap_ok = False
     write("cli", cli.measure_cli())  # first: the appliance's containers would load the machine
+    write("training", {**header, "throughput": training.measure_throughput(), "memory": training.measure_memory()})
     try:
         results = {**header, **appliance.measure_cold_up(settings, runtime)}
         results.update(appliance.measure_swap(settings, runtime))
