@@ -149,12 +149,12 @@ def measure_throughput(
         settings = Settings(home=Path(home))
         data = split_dataset(open_images(_dataset(settings, images=images, side=side)), seed=0)
         workers = default_workers(data.images)
-        options = {"batch_size": batch_size, "augment": augment, "device": device, "workers": workers}
-        plain_loop(data, epochs=1, **options)  # warm-up: imports, the first Adam step  # type: ignore[arg-type]
+        options: dict[str, Any] = {"batch_size": batch_size, "augment": augment, "device": device, "workers": workers}
+        plain_loop(data, epochs=1, **options)  # warm-up: imports, the first Adam step
         plain_s, onebox_s = [], []
         for _ in range(repeats):
-            plain_s.append(plain_loop(data, epochs=epochs, **options))  # type: ignore[arg-type]
-            onebox_s.append(onebox_loop(data, epochs=epochs, **options))  # type: ignore[arg-type]
+            plain_s.append(plain_loop(data, epochs=epochs, **options))
+            onebox_s.append(onebox_loop(data, epochs=epochs, **options))
             print(f"training: plain loop {plain_s[-1]:.1f} s, onebox train_model {onebox_s[-1]:.1f} s")
     trained = epochs * len(data.train)
     plain, onebox = trained / statistics.median(plain_s), trained / statistics.median(onebox_s)
