@@ -148,7 +148,7 @@ def train_model(
             scaler.load_state_dict(resume.scaler)
         result.history = [EpochStats(**stats) for stats in resume.history]
         result.best_epoch, best_val_loss = resume.best_epoch, resume.best_val_loss
-        best_state = checkpoints.load_best()
+        best_state = checkpoints.load_best() if resume.best_epoch else None  # none when every loss was NaN
         _restore_rng(resume.rng, generator, target)
         result.resumed_after = resume.epoch
     dataset = SplitImages(data.images, data.train.indexes, build_augmentation(augment, data.dataset.image_shape))
