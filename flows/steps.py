@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows import checkpoints, evaluate, export, prepare, promote, report, tracking, train
+from flows import abandoned, checkpoints, evaluate, export, prepare, promote, report, tracking, train
 from flows.model import ConvClassifier
 from flows.parameters import TrainingParameters, augment_names
 from storage.datasets import open_images, resolve_dataset
@@ -40,7 +40,9 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
 
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int) -> str:
-    tags = {"onebox.flow": "training-pipeline"}
+    for run_id in abandoned.fail_abandoned_runs(settings):
+        print(f"MLflow run {run_id} was left RUNNING by a process that died: marked FAILED (resumable)")
+    tags = {"onebox.flow": "training-pipeline", **abandoned.process_tags()}
     if flow_run.id:
         tags["onebox.prefect_flow_run_id"] = flow_run.id
     run_id = tracking.start_run(settings, run_name=f"{data.dataset.name}-seed{seed}", tags=tags)
@@ -70,7 +72,7 @@ def resume_mlflow_run(
     checkpoint = checkpoints.check_resumable(
         store.load(), run_id=run_id, parameters=checkpoint_parameters(parameters, data)
     )
-    tags = {"onebox.resumed_after_epoch": str(checkpoint.epoch)}
+    tags = {"onebox.resumed_after_epoch": str(checkpoint.epoch), **abandoned.process_tags()}
     if flow_run.id:
         tags["onebox.prefect_flow_run_id"] = flow_run.id
     tracking.reopen_run(settings, run_id, tags=tags)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from flows.abandoned import fail_abandoned_runs
 from flows.pipeline import training_pipeline
 from storage.errors import ModelError, ParameterError
 from storage.settings import Settings, get_settings
@@ -69,7 +70,9 @@ def kill_after_first_checkpoint(settings: Settings, tmp_path: Path) -> str:
 def test_a_killed_run_resumes_to_the_same_epochs_once_each(home: Settings, tmp_path: Path) -> None:
     run_id = kill_after_first_checkpoint(home, tmp_path)
     client = MlflowClient(home.mlflow_tracking_uri)
-    assert client.get_run(run_id).info.status == "RUNNING"  # what a kill leaves; the resume ends it
+    assert client.get_run(run_id).info.status == "RUNNING"  # what a kill leaves
+    assert fail_abandoned_runs(home) == [run_id]  # what the next run on this host does first
+    assert client.get_run(run_id).info.status == "FAILED"
 
     with pytest.raises(ParameterError, match=r"learning_rate .* differs"):
         training_pipeline(**{**RUN, "learning_rate": 0.01}, resume=run_id)
