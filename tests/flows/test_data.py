@@ -34,6 +34,7 @@ def test_an_unknown_augmentation_is_a_clear_error(bad: str) -> None:
 def test_each_augmentation_keeps_shape_and_type(name: str, shape: tuple[int, int, int]) -> None:
     image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     transform = build_augmentation([name], shape)
+    assert transform is not None
     outputs = [transform(image) for _ in range(20)]
     assert all(out.shape == image.shape and out.dtype == torch.uint8 for out in outputs)
     assert any(not torch.equal(out, image) for out in outputs)  # it does something, sometimes
@@ -47,6 +48,7 @@ def test_crop_shifts_a_digit_by_at_most_one_pixel() -> None:
     image = torch.zeros(1, 8, 8, dtype=torch.uint8)
     image[0, 4, 4] = 255
     transform = build_augmentation(["crop"], (1, 8, 8))
+    assert transform is not None
     positions = {tuple(torch.nonzero(transform(image)[0])[0].tolist()) for _ in range(100)}
     assert positions <= {(r, c) for r in (3, 4, 5) for c in (3, 4, 5)}
     assert len(positions) > 3
