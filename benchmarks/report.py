@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.cli import cli_table, cli_targets
 from benchmarks.dataset_import import import_table, import_targets
+from benchmarks.training import target_rows as training_targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -137,6 +138,8 @@ def targets_table(data: dict[str, Any]) -> list[str]:
             f"{pipeline['flow_vs_plain']}x ({pipeline['flow_median_s']} vs {pipeline['plain_script_median_s']} s)"
         )
         rows.append(("pipeline <= 1.15x the plain script", measured, pipeline["flow_vs_plain"] <= 1.15))
+    if data.get("training"):
+        rows += training_targets(data["training"])
     return ["| target | measured | |", "|---|---|---|", *(f"| {t} | {m} | {_mark(ok)} |" for t, m, ok in rows)]
 
 
@@ -274,7 +277,7 @@ def summary(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    names = ("appliance", "serving", "runtimes", "pipeline", "cli", "cli-before", "dataset_import")
+    names = ("appliance", "serving", "runtimes", "pipeline", "cli", "cli-before", "dataset_import", "training")
     data = {name: _load(name) for name in names}
     plots(data)
     text = summary(data)

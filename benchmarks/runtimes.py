@@ -19,7 +19,7 @@ def measure_runtimes(settings: Settings, name: str, version: str, torch_model: P
     from flows.model import ConvClassifier
     from flows.prepare import split_dataset
     from serving.metadata import ModelMetadata
-    from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
+    from storage.datasets import BUILTIN_DATASET, open_images, resolve_dataset
     from storage.registry import materialize_bundle
 
     bundle = materialize_bundle(settings, name, version)
@@ -27,7 +27,7 @@ def measure_runtimes(settings: Settings, name: str, version: str, torch_model: P
     channels, height, width = metadata.image_shape
     model = ConvClassifier(channels=channels, height=height, width=width, num_classes=len(metadata.classes))
     model.load_state_dict(torch.load(torch_model, map_location="cpu", weights_only=True))
-    test = split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
+    test = split_dataset(open_images(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
     check = check_export(model.eval(), bundle / "model.onnx", test.images, repeats=200)
     rows = {}
     for batch in LATENCY_BATCH_SIZES:

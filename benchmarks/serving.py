@@ -73,9 +73,9 @@ def gateway_pids(settings: Settings) -> list[int]:
 def digit_pixels(settings: Settings) -> np.ndarray:
     """One real test digit, uint8 (C, H, W), as the dataset stores it."""
     from flows.prepare import split_dataset
-    from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
+    from storage.datasets import BUILTIN_DATASET, open_images, resolve_dataset
 
-    test = split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
+    test = split_dataset(open_images(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
     return np.asarray(test.images[0])
 
 

@@ -3,8 +3,9 @@
 Brings up the real appliance under its own compose project, ports, model name and home, and
 measures, in this order: the `onebox` command's start-up and an embedded training run
 (benchmarks/cli.py, no Docker); importing 20,000 photos (benchmarks/dataset_import.py, no Docker
-either); cold `up`; registered -> serving and failed requests during a swap under load; idle
-memory; serving side by side (benchmarks/serving.py); torch vs ONNX Runtime
+either); training throughput and a large dataset's memory (benchmarks/training.py, no Docker); cold
+`up`; registered -> serving and failed requests during a swap under load; idle memory; serving side
+by side (benchmarks/serving.py); torch vs ONNX Runtime
 (benchmarks/runtimes.py); the flow against the plain script (benchmarks/pipeline.py). Each
 result is written to benchmarks/results/*.json as soon as it is measured; the stack is torn
 down at the end; benchmarks/report.py writes summary.md, the plots and README's table.
@@ -44,7 +45,7 @@ def main() -> int:
 
     settings = get_settings()
     prepare_environment(settings)
-    from benchmarks import appliance, cli, dataset_import, pipeline, report, runtimes, serving
+    from benchmarks import appliance, cli, dataset_import, pipeline, report, runtimes, serving, training
     from serving.compose import ComposeRuntime
     from serving.image_builds import remove_model_images
 
@@ -57,6 +58,7 @@ def main() -> int:
     swap_ok = False
     write("cli", cli.measure_cli())  # first: the appliance's containers would load the machine
     write("dataset_import", dataset_import.measure_import())  # no Docker either
+    write("training", {**header, "throughput": training.measure_throughput(), "memory": training.measure_memory()})
     try:
         results = {**header, **appliance.measure_cold_up(settings, runtime)}
         results.update(appliance.measure_swap(settings, runtime))

@@ -24,6 +24,29 @@ M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
 Device = Literal["auto", "cpu", "cuda"]
+# The augmentations a run may choose (flows/data.py says what each does).
+AUGMENTATIONS = ("flip", "crop", "rotate", "color")
+
+
+def augment_names(value: str) -> tuple[str, ...]:
+    """``"flip, crop"`` to ``("flip", "crop")``; empty or ``"none"``: no augmentation.
+
+    Raises:
+        ValueError: a name outside ``AUGMENTATIONS`` (pydantic turns it into the field's error).
+    """
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(
+            f"augmentation {unknown[0]!r} is unknown; choose from {', '.join(AUGMENTATIONS)} (comma-separated), or none"
+        )
+    return tuple(dict.fromkeys(names))  # each once, in the order given
+
+
+def _canonical_augment(value: str) -> str:
+    return ",".join(augment_names(value)) or "none"
 
 
 def check_model_name(name: str | None) -> str | None:
@@ -86,6 +109,41 @@ class TrainingParameters(BaseModel):
         int, Field(title="Seed", description="Fixes the split and the initial weights.", ge=0, le=2**31 - 1)
     ] = 0
     device: Annotated[Device, Field(title="Device", description="Where to train; auto: CUDA when present.")] = "auto"
+    augment: Annotated[
+        str,
+        AfterValidator(_canonical_augment),
+        Field(
+            title="Augmentations",
+            description="Comma-separated, applied to training images: flip, crop (a small random shift), "
+            "rotate (up to 10 degrees), color (brightness/contrast jitter); none for no augmentation.",
+        ),
+    ] = "crop"
+    patience: Annotated[
+        int,
+        Field(
+            title="Early-stopping patience",
+            description="Stop after this many epochs without a lower validation loss; 0: never stop early.",
+            ge=0,
+            le=1000,
+        ),
+    ] = 0
+    workers: Annotated[
+        int | None,
+        Field(
+            title="Loader workers",
+            description="DataLoader worker processes; empty: 0 for small datasets, else min(4, CPUs - 1).",
+            ge=0,
+            le=64,
+        ),
+    ] = None
+    resume: Annotated[
+        str | None,
+        Field(
+            title="Resume run",
+            description="MLflow run id of a stopped or crashed run to continue from its last checkpoint, "
+            "with the same parameters (epochs may grow).",
+        ),
+    ] = None
     deploy: Annotated[
         bool,
         Field(
@@ -135,11 +193,13 @@ class TrainingParameters(BaseModel):
     # as asked: "newest" means something else tomorrow.
     # The model's name is not a hyperparameter either: the registry records it.
     DATASET_FIELDS: ClassVar[tuple[str, ...]] = ("dataset", "dataset_version", "model")
+    # How the run was started, not what it trained with: a resumed run keeps its logged params.
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("resume",)
 
     @classmethod
     def hyperparameter_names(cls) -> tuple[str, ...]:
         """The fields logged as MLflow params under their own names and shown in the report."""
-        return tuple(name for name in cls.model_fields if name not in cls.DATASET_FIELDS)
+        return tuple(name for name in cls.model_fields if name not in (*cls.DATASET_FIELDS, *cls.RUN_FIELDS))
 
     @property
     def model_name(self) -> str:

@@ -62,7 +62,14 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
     # The model is built and run once on the dataset's shape before the MLflow run exists: bad
     # model code, hyperparameters or weights stop the flow here, with nothing stored.
     model = steps.build_model(settings, data, parameters)
-    run_id = steps.start_mlflow_run(settings, data, parameters.seed, name)
+    # A resumed run is the same MLflow run, continued from its last checkpoint: its finished
+    # history holds every epoch once. A bad resume fails here, leaving that run as it was.
+    checkpoint = None
+    if parameters.resume:
+        run_id = parameters.resume
+        checkpoint = steps.resume_mlflow_run(settings, run_id, data, parameters)
+    else:
+        run_id = steps.start_mlflow_run(settings, data, parameters.seed, name)
     failed = True
     try:
         # One slot of the `gpu` limit per training: two runs started together train one after
@@ -72,7 +79,7 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
         logger.info("waiting for a slot of the %r concurrency limit", GPU_LIMIT)
         with concurrency(GPU_LIMIT, occupy=1, strict=True):
             logger.info("holding a %r slot: training", GPU_LIMIT)
-            training = steps.train_model(data, model, parameters)
+            training = steps.train_model(settings, run_id, data, model, parameters, checkpoint)
             evaluation = steps.evaluate_model(data, training)
             training.model.cpu()  # export and serving work on CPU; the GPU is free for the next run
             train.release_gpu_memory()

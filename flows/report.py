@@ -24,7 +24,7 @@ from flows.prepare import Split, split_dataset
 from flows.promote import REFUSED, GateDecision
 from flows.run_record import REPORT_FILE, RunRecord, read_run
 from serving.predictor import OnnxPredictor
-from storage.datasets import load_dataset, resolve_dataset
+from storage.datasets import open_images, resolve_dataset
 from storage.errors import ModelError
 from storage.registry import LEGACY_MODEL_NAME, MODEL_NAME_TAG, materialize_bundle
 from storage.settings import Settings
@@ -34,7 +34,7 @@ MAX_MISCLASSIFIED = 32
 
 def _test_split(settings: Settings, run: RunRecord) -> tuple[Split, tuple[str, ...]]:
     dataset = resolve_dataset(run.params["dataset_name"], run.params["dataset_version"], settings)
-    data = split_dataset(load_dataset(dataset), seed=int(run.params["seed"]))
+    data = split_dataset(open_images(dataset), seed=int(run.params["seed"]))
     return data.test, data.classes
 
 

@@ -12,9 +12,21 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows import evaluate, export, model_build, model_record, prepare, promote, report, tracking, train
-from flows.parameters import TrainingParameters
-from storage.datasets import load_dataset, resolve_dataset
+from flows import (
+    abandoned,
+    checkpoints,
+    evaluate,
+    export,
+    model_build,
+    model_record,
+    prepare,
+    promote,
+    report,
+    tracking,
+    train,
+)
+from flows.parameters import TrainingParameters, augment_names
+from storage.datasets import open_images, resolve_dataset
 from storage.registry import MODEL_NAME_TAG, PRODUCTION, version_by_alias
 from storage.settings import Settings
 
@@ -34,7 +46,7 @@ def prepare_data(settings: Settings, dataset: str, dataset_version: str | None, 
         f"dataset {version.name}:{version.version}: {version.num_images} images, "
         f"{len(version.classes)} classes, shape {version.image_shape}"
     )
-    return prepare.split_dataset(load_dataset(version), seed=seed)
+    return prepare.split_dataset(open_images(version), seed=seed)
 
 
 @task(name="build-model", cache_policy=NO_CACHE)
@@ -55,7 +67,9 @@ def build_model(
 
 @task(name="start-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S)
 def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int, model_name: str) -> str:
-    tags = {"onebox.flow": "training-pipeline", MODEL_NAME_TAG: model_name}
+    for run_id in abandoned.fail_abandoned_runs(settings):
+        print(f"MLflow run {run_id} was left RUNNING by a process that died: marked FAILED (resumable)")
+    tags = {"onebox.flow": "training-pipeline", MODEL_NAME_TAG: model_name, **abandoned.process_tags()}
     if flow_run.id:
         tags["onebox.prefect_flow_run_id"] = flow_run.id
     run_id = tracking.start_run(settings, run_name=f"{model_name}-seed{seed}", tags=tags)
@@ -63,9 +77,44 @@ def start_mlflow_run(settings: Settings, data: prepare.PreparedData, seed: int, 
     return run_id
 
 
+def checkpoint_parameters(parameters: TrainingParameters, data: prepare.PreparedData) -> dict[str, object]:
+    """What a checkpoint records of its run, to check a resume against: the fields and the resolved version."""
+    return {**parameters.model_dump(exclude={"resume"}), "dataset_version": data.dataset.version}
+
+
+@task(
+    name="resume-mlflow-run", cache_policy=NO_CACHE, retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS_S
+)
+def resume_mlflow_run(
+    settings: Settings, run_id: str, data: prepare.PreparedData, parameters: TrainingParameters
+) -> checkpoints.Checkpoint:
+    """The run's last checkpoint, once the parameters are checked against it and the run is RUNNING again.
+
+    Raises:
+        ModelError: no such run, it finished, or it has no checkpoint.
+        ParameterError: the parameters differ from the run's where they must match.
+    """
+    store = checkpoints.CheckpointStore(checkpoints.checkpoint_dir(settings, run_id))
+    tracking.check_unfinished(settings, run_id)
+    checkpoint = checkpoints.check_resumable(
+        store.load(), run_id=run_id, parameters=checkpoint_parameters(parameters, data)
+    )
+    tags = {"onebox.resumed_after_epoch": str(checkpoint.epoch), **abandoned.process_tags()}
+    if flow_run.id:
+        tags["onebox.prefect_flow_run_id"] = flow_run.id
+    tracking.reopen_run(settings, run_id, tags=tags)
+    print(f"MLflow run {run_id}: resuming after epoch {checkpoint.epoch}")
+    return checkpoint
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_model(
-    data: prepare.PreparedData, model: model_build.BuiltModel, parameters: TrainingParameters
+    settings: Settings,
+    run_id: str,
+    data: prepare.PreparedData,
+    model: model_build.BuiltModel,
+    parameters: TrainingParameters,
+    resume: checkpoints.Checkpoint | None = None,
 ) -> train.TrainingResult:
     def print_epoch(stats: train.EpochStats) -> None:
         print(
@@ -81,15 +130,25 @@ def train_model(
         batch_size=parameters.batch_size,
         seed=parameters.seed,
         device=parameters.device,
+        augment=augment_names(parameters.augment),
+        patience=parameters.patience,
+        workers=parameters.workers,
+        checkpoints=checkpoints.CheckpointStore(checkpoints.checkpoint_dir(settings, run_id)),
+        resume=resume,
+        parameters=checkpoint_parameters(parameters, data),
         on_epoch=print_epoch,
     )
-    print(f"trained on {result.device} in {result.seconds:.1f} s")
+    stopped = f", stopped early after epoch {result.stopped_epoch}" if result.stopped_epoch < parameters.epochs else ""
+    print(
+        f"trained on {result.device} in {result.seconds:.1f} s ({result.train_images_per_second:.0f} images/s)"
+        f"{stopped}; best epoch {result.best_epoch} (lowest validation loss) is the model evaluated"
+    )
     return result
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_model(data: prepare.PreparedData, training: train.TrainingResult) -> evaluate.Evaluation:
-    probabilities = train.predict_probabilities(training.model, data.test.images)
+    probabilities = train.predict_split(training.model, data.test)
     result = evaluate.evaluate_probabilities(probabilities, data.test.labels, data.classes)
     print(f"test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}")
     return result
@@ -98,7 +157,7 @@ def evaluate_model(data: prepare.PreparedData, training: train.TrainingResult) -
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_model(data: prepare.PreparedData, training: train.TrainingResult, folder: Path) -> export.ExportCheck:
     onnx_path = export.export_onnx(training.model, folder / "model.onnx", input_shape=data.dataset.image_shape)
-    check = export.check_export(training.model, onnx_path, data.test.images)
+    check = export.check_export(training.model, onnx_path, data.test.sample(prepare.EXPORT_CHECK_IMAGES))
     print(
         f"ONNX parity: max |logit diff| {check.max_abs_logit_diff:.2e}, top-1 agreement "
         f"{check.top1_agreement:.4f}; batch-1 latency torch {check.torch_latency_ms[1]:.3f} ms, "
@@ -120,7 +179,7 @@ def log_run(
     model: model_build.BuiltModel,
 ) -> str:
     model_record.log_model_code(settings, run_id, model, training.model)
-    return tracking.log_training(
+    uri = tracking.log_training(
         settings,
         run_id,
         params={**parameters.hyperparameters(), **model_record.params(model)},
@@ -130,6 +189,9 @@ def log_run(
         export=check,
         onnx_path=onnx_path,
     )
+    # The model is in MLflow now: the run's checkpoints have served their purpose.
+    checkpoints.CheckpointStore(checkpoints.checkpoint_dir(settings, run_id)).remove()
+    return uri
 
 
 @task(name="register", cache_policy=NO_CACHE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from flows.evaluate import Evaluation
 from flows.export import ExportCheck
 from flows.prepare import PreparedData
 from flows.train import TrainingResult
+from storage.errors import ModelError
 from storage.model_binding import binding_tags
 from storage.registry import MODEL_CARD, configure_mlflow
 from storage.settings import Settings
@@ -76,6 +78,34 @@ def start_run(settings: Settings, *, run_name: str, tags: dict[str, str]) -> str
     return str(client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id)
 
 
+def check_unfinished(settings: Settings, run_id: str) -> None:
+    """Refuse to continue a run that does not exist or already finished (``onebox train --resume``).
+
+    Raises:
+        ModelError: no such run, or it already finished.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise ModelError(f"no MLflow run {run_id!r} to resume; give the run id `onebox train` printed") from error
+    if run.info.status == "FINISHED":
+        raise ModelError(f"run {run_id} already finished; nothing to resume (start a new run instead)")
+
+
+def reopen_run(settings: Settings, run_id: str, *, tags: dict[str, str]) -> None:
+    """Mark a stopped or crashed run RUNNING again, with ``tags`` saying how it was continued."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    client.update_run(run_id, status="RUNNING")
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:
     from mlflow import MlflowClient
 
@@ -106,7 +136,8 @@ def log_training(
     """Log params, curves, metrics, both models and the model card; returns the ONNX model's URI."""
     import mlflow
     import onnx
-    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import Metric, Param, RunTag
 
     configure_mlflow(settings)
@@ -143,12 +174,14 @@ def log_training(
     # The models go first: MLflow links every metric the run has so far to each model it logs,
     # reading each one's history back (two requests per metric and model); the test metrics are
     # linked to the served model explicitly below instead.
-    example = data.test.images[:2].astype(np.float32) / 255.0
+    example = data.test.sample(2).astype(np.float32) / 255.0
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_input(
-            from_numpy(data.train.images, targets=data.train.labels, name=dataset.name, digest=dataset.version),
-            context="training",
-        )
+        # The dataset by reference (its folder and version), not its images: they may not fit in memory.
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(dataset.path))
+        reference = MetaDataset(source, name=dataset.name, digest=dataset.version)  # type: ignore[abstract]  # profile is optional at run time
+        mlflow.log_input(reference, context="training")
         mlflow.pytorch.log_model(
             training.model.to("cpu").eval(),
             name=TORCH_MODEL,
@@ -172,7 +205,13 @@ def log_training(
         for key, value in asdict(stats).items()
         if key != "epoch"
     ]
-    scalars = {**evaluation.flat_metrics(), **export.flat_metrics(), "train_seconds": training.seconds}
+    scalars = {
+        **evaluation.flat_metrics(),
+        **export.flat_metrics(),
+        "train_seconds": training.seconds,
+        "best_epoch": training.best_epoch,
+        "stopped_epoch": training.stopped_epoch,
+    }
     client.log_batch(
         run_id,
         params=[Param(k, str(v)) for k, v in all_params.items()],

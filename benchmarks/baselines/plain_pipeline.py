@@ -21,7 +21,7 @@ import torch
 from flows import evaluate, export, prepare, report, run_record, train
 from flows.model import build
 from serving.predictor import create_session
-from storage.datasets import load_dataset, resolve_dataset
+from storage.datasets import open_images, resolve_dataset
 from storage.images import normalize
 from storage.settings import Settings
 
@@ -49,7 +49,7 @@ def run_plain_pipeline(
     """
     started = datetime.now(UTC)
     version = resolve_dataset(dataset, None, settings)
-    data = prepare.split_dataset(load_dataset(version), seed=seed)
+    data = prepare.split_dataset(open_images(version), seed=seed)
     torch.manual_seed(seed)
     model = build(num_classes=len(data.classes), input_shape=version.image_shape)
     training = train.train_model(

@@ -13,7 +13,7 @@ import pytest
 
 from flows.prepare import split_dataset
 from serving.predictor import OnnxPredictor
-from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
+from storage.datasets import BUILTIN_DATASET, open_images, resolve_dataset
 from storage.registry import materialize_bundle
 from tests.conftest import TrainedPipeline, png_bytes
 
@@ -32,7 +32,7 @@ def test_flask_baseline_answers_like_the_served_model(
     sys.modules.pop("benchmarks.baselines.flask_app", None)
     client = importlib.import_module("benchmarks.baselines.flask_app").app.test_client()
     predictor = OnnxPredictor.from_directory(bundle)
-    test = split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
+    test = split_dataset(open_images(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
 
     for image in test.images[:20]:
         png = png_bytes(image[0])

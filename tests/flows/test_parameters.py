@@ -63,7 +63,12 @@ def test_flat_values_validate_into_the_model() -> None:
     assert record(epochs=2, note="kept") == "kept"
     assert received == [TrainingParameters(epochs=2)]
     assert TrainingParameters(epochs=2).hyperparameters()["epochs"] == 2
-    assert set(TrainingParameters.hyperparameter_names()) == set(FIELDS) - {"dataset", "dataset_version", "model"}
+    assert set(TrainingParameters.hyperparameter_names()) == set(FIELDS) - {
+        "dataset",
+        "dataset_version",
+        "model",
+        "resume",
+    }
 
 
 @pytest.mark.parametrize("bad", ["Digits", "../x", "a/b", "my model", "m" * 65, "", "-lead"])

@@ -1,55 +1,66 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from flows.prepare import split_dataset
-from storage.datasets import BUILTIN_DATASET, DatasetVersion, LoadedDataset, load_dataset, resolve_dataset
+from storage.datasets import BUILTIN_DATASET, DatasetImages, import_image_folder, open_images, resolve_dataset
 from storage.errors import DatasetError
 from storage.settings import Settings
+from tests.flows.generated import write_image_folder
 
 
 @pytest.fixture
-def digits(settings: Settings) -> LoadedDataset:
-    return load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings))
+def digits(settings: Settings) -> DatasetImages:
+    return open_images(resolve_dataset(BUILTIN_DATASET, None, settings))
 
 
-def test_split_is_deterministic_per_seed(digits: LoadedDataset) -> None:
+def test_split_is_deterministic_per_seed(digits: DatasetImages) -> None:
     first, again, other = split_dataset(digits, seed=3), split_dataset(digits, seed=3), split_dataset(digits, seed=4)
-    assert np.array_equal(first.train.images, again.train.images)
-    assert np.array_equal(first.validation.images, again.validation.images)
-    assert not np.array_equal(first.train.images, other.train.images)
+    assert np.array_equal(first.train.indexes, again.train.indexes)
+    assert np.array_equal(first.validation.indexes, again.validation.indexes)
+    assert not np.array_equal(first.train.indexes, other.train.indexes)
 
 
-def test_test_split_is_the_same_for_every_seed(digits: LoadedDataset) -> None:
+def test_test_split_is_the_same_for_every_seed(digits: DatasetImages) -> None:
     # Challenger and production are compared on images neither trained on.
     first, other = split_dataset(digits, seed=0), split_dataset(digits, seed=9)
-    assert np.array_equal(first.test.images, other.test.images)
-    trained_on = {image.tobytes() for image in np.concatenate([other.train.images, other.validation.images])}
-    test_only = [image.tobytes() not in trained_on for image in first.test.images]
-    assert np.mean(test_only) > 0.95  # digits has a few duplicate images
+    assert np.array_equal(first.test.indexes, other.test.indexes)
+    assert not set(first.test.indexes) & set(np.concatenate([other.train.indexes, other.validation.indexes]))
 
 
-def test_split_is_disjoint_complete_and_stratified(digits: LoadedDataset) -> None:
+def test_split_is_disjoint_complete_and_stratified(digits: DatasetImages) -> None:
     data = split_dataset(digits, seed=0)
-    assert len(data.train) + len(data.validation) + len(data.test) == len(digits.labels)
-    assert len(data.test) == pytest.approx(0.15 * len(digits.labels), abs=2)
-    overall = np.bincount(digits.labels) / len(digits.labels)
-    for split in (data.train, data.validation, data.test):
+    splits = (data.train, data.validation, data.test)
+    together = np.sort(np.concatenate([s.indexes for s in splits]))
+    assert np.array_equal(together, np.arange(len(digits)))  # every image in exactly one split
+    assert len(data.test) == pytest.approx(0.15 * len(digits), abs=2)
+    overall = np.bincount(digits.labels) / len(digits)
+    for split in splits:
+        assert np.array_equal(split.labels, digits.labels[split.indexes])
         share = np.bincount(split.labels, minlength=10) / len(split)
         assert np.abs(share - overall).max() < 0.02
 
-    def rows(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
-        return sorted(image.tobytes() + bytes([label]) for image, label in zip(images, labels, strict=True))
 
-    # Every image lands in exactly one split: together they are the dataset, row for row.
-    splits = (data.train, data.validation, data.test)
-    together = rows(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]))
-    assert together == rows(digits.images, digits.labels)
+def test_a_split_is_read_batch_by_batch_in_order(digits: DatasetImages) -> None:
+    test = split_dataset(digits, seed=0).test
+    batches = list(test.batches(100))
+    assert [len(labels) for _, labels in batches] == [100] * (len(test) // 100) + [len(test) % 100]
+    images = np.concatenate([images for images, _ in batches])
+    assert images.dtype == np.uint8
+    assert images.shape == (len(test), 1, 8, 8)
+    assert np.array_equal(images, digits.read_many(test.indexes))
+    assert np.array_equal(np.concatenate([labels for _, labels in batches]), test.labels)
+    assert np.array_equal(test.sample(5), images[:5])
+    assert len(test.sample(10_000)) == len(test)  # a bound above the split's size is the whole split
 
 
-def test_tiny_classes_are_refused(tmp_path) -> None:
-    version = DatasetVersion("tiny", "v", ("a", "b"), {"a": 2, "b": 10}, (1, 2, 2), "", tmp_path)
-    data = LoadedDataset(version, np.zeros((12, 1, 2, 2), np.uint8), np.array([0] * 2 + [1] * 10))
+def test_tiny_classes_are_refused(tmp_path: Path, settings: Settings) -> None:
+    root = write_image_folder(tmp_path / "tiny", classes=2, per_class=10)
+    for extra in sorted((root / "class0").iterdir())[2:]:
+        extra.unlink()
+    images = open_images(import_image_folder(root, name="tiny", settings=settings))
     with pytest.raises(DatasetError, match="fewer than 4 images in class"):
-        split_dataset(data, seed=0)
+        split_dataset(images, seed=0)

@@ -94,7 +94,7 @@ def test_the_report_renders_from_a_hand_built_record() -> None:
     html = render_report(
         record,
         model_name="shapes-classifier",
-        test=Split(images, labels),
+        test=Split.from_arrays(images, labels),
         classes=classes,
         challenger=ours,
         probabilities=probabilities,
@@ -123,7 +123,7 @@ def test_a_first_model_report_has_no_comparison() -> None:
     html = render_report(
         synthetic_record(TrainingParameters(), gate_reason="promoted: no production model yet"),
         model_name="shapes-classifier",
-        test=Split(np.zeros((4, 1, 2, 2), dtype=np.uint8), labels),
+        test=Split.from_arrays(np.zeros((4, 1, 2, 2), dtype=np.uint8), labels),
         classes=classes,
         challenger=evaluate_probabilities(probabilities, labels, classes),
         probabilities=probabilities,
@@ -143,7 +143,7 @@ def test_a_refused_challengers_report_says_why_not_first_model() -> None:
     html = render_report(
         record,
         model_name="shapes",
-        test=Split(np.zeros((4, 1, 2, 2), dtype=np.uint8), labels),
+        test=Split.from_arrays(np.zeros((4, 1, 2, 2), dtype=np.uint8), labels),
         classes=classes,
         challenger=evaluate_probabilities(probabilities, labels, classes),
         probabilities=probabilities,

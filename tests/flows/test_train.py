@@ -1,17 +1,33 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from flows.checkpoints import CheckpointStore
 from flows.evaluate import evaluate_probabilities
-from flows.model import build
-from flows.prepare import split_dataset
-from flows.train import predict_probabilities, resolve_device, shift_randomly, train_model
-from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
+from flows.model import ConvClassifier
+from flows.prepare import PreparedData, split_dataset
+from flows.train import _measure, predict_split, resolve_device, train_model
+from storage.datasets import BUILTIN_DATASET, open_images, resolve_dataset
 from storage.errors import ParameterError
 from storage.settings import Settings
+from tests.flows.generated import generated_dataset
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+def fresh_model(data: PreparedData, seed: int = 0) -> ConvClassifier:
+    torch.manual_seed(seed)
+    channels, height, width = data.dataset.image_shape
+    return ConvClassifier(channels=channels, height=height, width=width, num_classes=len(data.classes))
+
+
+@pytest.fixture
+def squares(settings: Settings, tmp_path: Path) -> PreparedData:
+    version = generated_dataset(settings, tmp_path / "squares", classes=3, per_class=12, side=12)
+    return split_dataset(open_images(version), seed=0)
 
 
 def test_auto_picks_cuda_when_present() -> None:
@@ -29,13 +45,80 @@ def test_unknown_device_is_refused() -> None:
         resolve_device("tpu")
 
 
-def test_shift_moves_pixels_by_at_most_one() -> None:
-    images = torch.zeros(64, 1, 5, 5)
-    images[:, 0, 2, 2] = 1.0
-    shifted = shift_randomly(images, torch.Generator().manual_seed(0))
-    positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in shifted}
-    assert positions <= {(r, c) for r in (1, 2, 3) for c in (1, 2, 3)}
-    assert len(positions) > 3
+@pytest.mark.parametrize("rgb", [False, True], ids=["gray", "colour"])
+def test_gray_and_colour_datasets_train_through_the_loader(settings: Settings, tmp_path: Path, rgb: bool) -> None:
+    version = generated_dataset(settings, tmp_path / "data", classes=4, per_class=10, side=16, rgb=rgb)
+    data = split_dataset(open_images(version), seed=0)
+    assert version.image_shape == ((3 if rgb else 1), 16, 16)
+    augment = ("flip", "crop", "rotate", "color")
+    result = train_model(
+        data, fresh_model(data), epochs=2, learning_rate=3e-3, batch_size=8, seed=0, augment=augment, workers=0
+    )
+    assert [s.epoch for s in result.history] == [1, 2]
+    assert all(0 <= s.train_accuracy <= 1 and s.val_loss > 0 for s in result.history)
+    probabilities = predict_split(result.model, data.test, batch_size=3)
+    assert probabilities.shape == (len(data.test), 4)
+
+
+def test_the_model_returned_is_the_best_epoch_not_the_last(squares: PreparedData, tmp_path: Path) -> None:
+    # A step size this large makes validation loss jump about: the best epoch is rarely the last.
+    store = CheckpointStore(tmp_path / "checkpoints")
+    result = train_model(
+        squares, fresh_model(squares), epochs=4, learning_rate=0.5, batch_size=4, seed=1, checkpoints=store
+    )
+    losses = [s.val_loss for s in result.history]
+    assert result.best_epoch == 1 + losses.index(min(losses))
+    loss, _ = _measure(result.model, squares.validation, torch.device("cpu"), 64)
+    assert loss == pytest.approx(min(losses), rel=1e-5)  # the weights evaluated are the best epoch's
+    best = store.load_best()
+    assert all(torch.equal(best[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(squares: PreparedData) -> None:
+    result = train_model(squares, fresh_model(squares), epochs=8, learning_rate=0.5, batch_size=4, seed=1, patience=1)
+    assert result.stopped_epoch < 8
+    assert result.stopped_epoch == result.best_epoch + 1  # one epoch without improvement, then stop
+    assert [s.epoch for s in result.history] == list(range(1, result.stopped_epoch + 1))
+    losses = [s.val_loss for s in result.history]
+    assert losses[-1] >= min(losses)
+
+
+def test_without_patience_every_epoch_runs(squares: PreparedData) -> None:
+    result = train_model(squares, fresh_model(squares), epochs=3, learning_rate=0.5, batch_size=4, seed=1)
+    assert result.stopped_epoch == 3
+
+
+def test_a_resumed_run_continues_exactly_where_it_stopped(squares: PreparedData, tmp_path: Path) -> None:
+    options = {"learning_rate": 3e-3, "batch_size": 4, "seed": 2, "workers": 0}
+    straight = train_model(squares, fresh_model(squares), epochs=3, **options)  # type: ignore[arg-type]
+
+    store = CheckpointStore(tmp_path / "run")
+    first = train_model(squares, fresh_model(squares), epochs=1, checkpoints=store, **options)  # type: ignore[arg-type]
+    checkpoint = store.load()
+    assert checkpoint is not None
+    assert checkpoint.epoch == 1
+    resumed = train_model(
+        squares,
+        fresh_model(squares, seed=99),
+        epochs=3,
+        checkpoints=store,
+        resume=checkpoint,
+        **options,  # type: ignore[arg-type]
+    )
+    assert first.stopped_epoch == 1
+    assert resumed.resumed_after == 1
+    assert [s.epoch for s in resumed.history] == [1, 2, 3]
+    # Same order, same augmentations, same dropout: the continued run is the uninterrupted one.
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+
+
+def test_the_same_seed_trains_the_same_model(squares: PreparedData) -> None:
+    runs = [
+        train_model(squares, fresh_model(squares), epochs=1, learning_rate=3e-3, batch_size=4, seed=5) for _ in range(2)
+    ]
+    assert runs[0].history == runs[1].history
 
 
 @pytest.mark.slow  # trains for four epochs
@@ -43,15 +126,12 @@ def test_shift_moves_pixels_by_at_most_one() -> None:
     "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no GPU"))]
 )
 def test_training_learns_digits(settings: Settings, device: str) -> None:
-    data = split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0)
-    model = build(num_classes=len(data.classes), input_shape=data.dataset.image_shape)
-    result = train_model(data, model, epochs=4, learning_rate=2e-3, batch_size=64, seed=0, device=device)
+    data = split_dataset(open_images(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0)
+    result = train_model(data, fresh_model(data), epochs=4, learning_rate=2e-3, batch_size=64, seed=0, device=device)
 
     assert result.device.startswith(device)
     assert [s.epoch for s in result.history] == [1, 2, 3, 4]
     assert result.history[-1].train_loss < result.history[0].train_loss
-    evaluation = evaluate_probabilities(
-        predict_probabilities(result.model, data.test.images), data.test.labels, data.classes
-    )
+    evaluation = evaluate_probabilities(predict_split(result.model, data.test), data.test.labels, data.classes)
     assert evaluation.accuracy > 0.85
     assert sum(map(sum, evaluation.confusion)) == len(data.test)

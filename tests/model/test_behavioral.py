@@ -7,7 +7,7 @@ import pytest
 
 from flows.prepare import split_dataset
 from serving.predictor import OnnxPredictor
-from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
+from storage.datasets import BUILTIN_DATASET, open_images, resolve_dataset
 from storage.registry import materialize_bundle
 from tests.conftest import TrainedPipeline
 
@@ -21,7 +21,7 @@ def predictor(trained: TrainedPipeline) -> OnnxPredictor:
 
 @pytest.fixture(scope="module")
 def correctly_classified(trained: TrainedPipeline, predictor: OnnxPredictor):
-    test = split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, trained.settings)), seed=0).test
+    test = split_dataset(open_images(resolve_dataset(BUILTIN_DATASET, None, trained.settings)), seed=0).test
     keep = predictor.probabilities(test.images).argmax(1) == test.labels
     return test.images[keep], test.labels[keep]
 

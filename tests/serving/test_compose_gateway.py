@@ -96,7 +96,7 @@ def test_the_index_lists_the_models_that_say_what_they_serve() -> None:
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "x/y", "ü", "a" * 65, "x'y", "x;y", "Digits", "x\n"])
 def test_a_name_a_url_or_container_cannot_carry_is_refused(name: str) -> None:
-    with pytest.raises(ServingError, match="model name .* is not valid"):
+    with pytest.raises(ServingError, match=r"model name .* is not valid"):
         check_model_name(name)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flows.prepare import split_dataset
-from storage.datasets import BUILTIN_DATASET, load_dataset, resolve_dataset
+from storage.datasets import BUILTIN_DATASET, open_images, resolve_dataset
 from tests.conftest import TrainedPipeline, png_bytes
 from tests.storage.test_images import bomb_png
 
@@ -22,7 +22,7 @@ def url(trained: TrainedPipeline) -> str:
 @pytest.fixture(scope="module")
 def test_split(trained: TrainedPipeline):
     settings = trained.settings
-    return split_dataset(load_dataset(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
+    return split_dataset(open_images(resolve_dataset(BUILTIN_DATASET, None, settings)), seed=0).test
 
 
 def test_predict_real_pngs(url: str, test_split) -> None:
