@@ -30,6 +30,7 @@ from serving.appliance_state import (
 )
 from serving.checkout import SOURCE_ROOT
 from serving.compose import ComposeRuntime
+from serving.docker_client import docker_client
 from serving.image_builds import remove_model_images
 from serving.loadtest import SteadyLoad
 from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
@@ -316,23 +317,29 @@ def test_a_single_model_home_keeps_serving_its_model_as_the_default(appliance: S
     assert digits is not None
     assert digits.live_color is not None
     runtime.down()
+    # The single-model onebox tagged its images onebox/model:NAME-vVERSION (no compose project).
+    old_image = f"onebox/model:{models.digits}-v1"
+    docker_client().images.get(digits.image(digits.live_color)).tag(old_image)
     path = state_path(appliance)
     old = {
         **state.variables(),
         OLD_LIVE_COLOR_KEY: digits.live_color,
-        **{key: digits.image(color) for color, key in OLD_IMAGE_KEYS.items()},
+        **{key: old_image if color == digits.live_color else "" for color, key in OLD_IMAGE_KEYS.items()},
     }
     write_env_file(path, old)
     models_path(path).unlink()
-
-    runtime.up()
-    assert [(s.model_name, s.model_version) for s in runtime.served()] == [(models.digits, "1")]
-    migrated = read_state(path).model(models.digits)
-    assert migrated is not None
-    assert (migrated.slot, migrated.live_color, migrated.image(digits.live_color)) == (
-        0,
-        digits.live_color,
-        digits.image(digits.live_color),
-    )
-    assert version_at(appliance.serve_url) == version_at(f"{appliance.serve_url}/models/{models.digits}") == "1"
-    assert predict(f"{appliance.serve_url}/models/{models.colors}", COLOR_SHAPE).status_code == 404
+    try:
+        runtime.up()
+        assert [(s.model_name, s.model_version) for s in runtime.served()] == [(models.digits, "1")]
+        migrated = read_state(path).model(models.digits)
+        assert migrated is not None
+        assert (migrated.slot, migrated.live_color, migrated.image(digits.live_color)) == (
+            0,
+            digits.live_color,
+            old_image,
+        )
+        assert version_at(appliance.serve_url) == version_at(f"{appliance.serve_url}/models/{models.digits}") == "1"
+        assert predict(f"{appliance.serve_url}/models/{models.colors}", COLOR_SHAPE).status_code == 404
+    finally:
+        runtime.down()
+        docker_client().images.remove(old_image)
