@@ -11,7 +11,6 @@ that start it at the same moment find one server.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from serving.health import wait_until_ready
 from serving.processes import port_in_use, process_alive, start_process_group, stop_process_group
 from storage.errors import ServingError
+from storage.locks import exclusive_lock
 from storage.settings import Settings
 
 HOST = "127.0.0.1"
@@ -140,13 +140,8 @@ class LocalPrefectServer:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         # Two commands starting at the same moment: the second waits here, then finds the first's server.
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.lock_path.open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self.lock_path):
+            yield
 
 
 def _server_alive(pid: int) -> bool:

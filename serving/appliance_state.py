@@ -11,7 +11,6 @@ form on the next write. This module is the only one that reads or writes these f
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import json
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +23,7 @@ from dotenv import dotenv_values
 
 from serving.appliance_network import ApplianceNetwork
 from storage.errors import ServingError
+from storage.locks import exclusive_lock
 from storage.settings import Settings, env_name
 
 Color = Literal["blue", "green"]
@@ -187,9 +187,7 @@ def read_state(path: Path) -> ApplianceState:
 @contextmanager
 def state_lock(path: Path) -> Iterator[None]:
     """Held while a deploy, a stop or an `up` changes the state at ``path``: another process waits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (path.parent / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(path.parent / ".lock"):
         yield
 
 

@@ -9,7 +9,6 @@ report on it or stop it, and a deploy after a crash brings back every model, not
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from serving.metadata import DEFAULT_MODEL_VARIABLE, METADATA_FILE, MODEL_DIR_VA
 from serving.processes import port_in_use, process_alive, start_process_group, stop_process_group
 from serving.runtime import ServerState
 from storage.errors import ServingError
+from storage.locks import exclusive_lock
 from storage.settings import Settings
 
 SERVICE = "serving.service:Classifier"
@@ -200,13 +200,8 @@ class LocalRuntime:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         # Two commands deploying at once would each restart the server with their own set.
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.lock_path.open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self.lock_path):
+            yield
 
     def _startup_failed(self, log_offset: int) -> bool:
         # BentoML's supervisor keeps restarting a worker whose model fails to load, so the

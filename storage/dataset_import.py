@@ -12,14 +12,11 @@ of that content removes it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +31,7 @@ from storage.datasets import (
 from storage.errors import DatasetError
 from storage.image_store import SKIPPED_FILE, ImageStoreWriter
 from storage.images import ImageDecodeError, ImageHeader, Preprocessing, Resize, read_header, target_size
+from storage.locks import exclusive_lock
 from storage.names import name_problem
 from storage.settings import Settings
 
@@ -118,18 +116,6 @@ def _content_version(scanned: list[_File], preprocessing: Preprocessing) -> str:
     return digest.hexdigest()[:12]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` held by this process (the kernel drops it if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _existing(settings: Settings, name: str, version: str) -> DatasetVersion | None:
     from storage.datasets import list_datasets
 
@@ -208,7 +194,7 @@ def import_folder(
     planned = _content_version(scanned, preprocessing)
     work = settings.datasets_dir / ".importing"  # locks and staging folders; the same file system
     # One import of given content at a time: the others wait here, then find it cataloged.
-    with _locked(work / f"{name}-{planned}.lock"):
+    with exclusive_lock(work / f"{name}-{planned}.lock"):
         if (skip_bad or not bad) and (existing := _existing(settings, name, planned)):
             return existing
         for stale in work.glob(f"{name}-{planned}-*"):  # left by a killed import of this content
@@ -258,7 +244,7 @@ def _finalize(settings: Settings, staging: Path, row: dict[str, object]) -> Data
 
     name, version = str(row["name"]), str(row["version"])
     final_dir = settings.datasets_dir / name / version
-    with _locked(settings.catalog_path.with_name("catalog.lock")):
+    with exclusive_lock(settings.catalog_path.with_name("catalog.lock")):
         if existing := _existing(settings, name, version):
             return existing  # the same files imported meanwhile (or earlier, when --skip-bad left some out)
         if final_dir.exists():  # left by an interrupted import; its catalog row was never written
