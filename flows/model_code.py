@@ -65,14 +65,29 @@ def resolve_model_file(path_text: str, *, roots: tuple[Path, ...] | None = None)
     Raises:
         ModelError: no such file under any of those folders.
     """
+    return find_file(
+        path_text,
+        roots=roots or (Path.cwd(), SOURCE_ROOT),
+        what="model file",
+        advice="keep model files in the checkout",
+    )
+
+
+def find_file(path_text: str, *, roots: tuple[Path, ...], what: str, advice: str) -> Path:
+    """A file a researcher named: ``path_text`` itself when absolute, else the first of
+    ``roots / path_text`` that exists.
+
+    Raises:
+        ModelError: none exists; the message lists where it looked, and ``advice``.
+    """
     path = Path(path_text).expanduser()
-    candidates = [path] if path.is_absolute() else [root / path for root in (roots or (Path.cwd(), SOURCE_ROOT))]
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
     candidates = list(dict.fromkeys(candidates))  # the current folder may be the checkout
     looked = ", ".join(str(c) for c in candidates)
-    raise ModelError(f"model file {path_text!r} not found (looked at {looked}); keep model files in the checkout")
+    raise ModelError(f"{what} {path_text!r} not found (looked at {looked}); {advice}")
 
 
 def _execute(path: Path, source: str) -> types.ModuleType:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flows.model_code import find_file
 from flows.torchvision_models import ImageNetInput
 from storage.errors import ModelError
 
@@ -27,14 +28,7 @@ def resolve_weights_file(path_text: str, *, roots: tuple[Path, ...]) -> Path:
     Raises:
         ModelError: no such file.
     """
-    path = Path(path_text).expanduser()
-    candidates = [path] if path.is_absolute() else [root / path for root in roots]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    candidates = list(dict.fromkeys(candidates))  # the current folder may be the checkout
-    looked = ", ".join(str(c) for c in candidates)
-    raise ModelError(f"weights file {path_text!r} not found (looked at {looked}); keep weights under ONEBOX_HOME")
+    return find_file(path_text, roots=roots, what="weights file", advice="keep weights under ONEBOX_HOME")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
