@@ -20,6 +20,7 @@ from uuid import UUID
 import pytest
 
 from flows.deployments import FLOWS, GPU_LIMIT, WORK_POOL, deployment_name, gpu_count, register_all
+from flows.parameters import TrainingParameters
 from storage.names import NAME_PATTERN
 from storage.registry import PRODUCTION, count_versions, version_by_alias
 from storage.settings import Settings
@@ -130,10 +131,11 @@ def test_up_registers_every_flow_with_a_form_schema(appliance: Settings) -> None
         {"prefect.deployments.steps.set_working_directory": {"directory": str(Path(__file__).parents[2])}}
     ]
     properties = training.parameter_openapi_schema["properties"]
-    assert set(properties) == {
-        "dataset", "dataset_version", "model", "epochs", "learning_rate", "batch_size", "seed", "device", "deploy",
-        "min_improvement",
-    }  # fmt: skip
+    assert set(properties) == set(TrainingParameters.model_fields)  # every field, no other
+    assert {"model", "model_code", "model_hyperparameters", "init_weights", "augment", "patience", "resume"} <= set(
+        properties
+    )
+    assert properties["model_hyperparameters"]["type"] == "object"  # one JSON object in the form
     for name, field in properties.items():
         assert field["title"] not in {"", name}, name  # written for people, not the Python name
         assert field.get("description"), name
