@@ -37,6 +37,7 @@ from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
 from storage.errors import ServingError
 from storage.settings import Settings
 from tests.conftest import isolated_appliance, png_bytes
+from tests.flows.generated import generated_dataset
 
 pytestmark = [
     pytest.mark.docker,
@@ -297,6 +298,27 @@ def test_stopping_one_model_leaves_the_other(appliance: Settings, models: Models
     assert [s.model_name for s in runtime.served()] == [models.digits]
     runtime.deploy(models.bundle(models.colors, "1"))  # served again, after the first model
     assert [s.model_name for s in runtime.served()] == [models.digits, models.colors]
+
+
+def test_two_models_trained_through_the_pipeline_serve_side_by_side(appliance: Settings, tmp_path: Path) -> None:
+    """The whole way: two tasks trained by the flow, each registered under its own name, gated
+    against its own production, built, swapped in blue/green and served beside the others."""
+    from flows.pipeline import training_pipeline
+
+    generated_dataset(appliance, tmp_path / "squares", name="squares", side=16, rgb=True)
+    first = training_pipeline(dataset="digits", model="trained-digits", epochs=1)
+    second = training_pipeline(dataset="squares", epochs=2, batch_size=8)
+    assert (first.model_name, second.model_name) == ("trained-digits", "squares")
+    assert first.promoted
+    assert second.promoted
+    assert first.served_url == f"{appliance.serve_url}/models/trained-digits"
+    assert version_at(f"{appliance.serve_url}/models/trained-digits") == first.model_version
+    assert version_at(f"{appliance.serve_url}/models/squares", (3, 16, 16)) == second.model_version
+    served = {s.model_name: s.model_version for s in ComposeRuntime(appliance).served()}
+    assert served["trained-digits"] == first.model_version
+    assert served["squares"] == second.model_version
+    index = httpx.get(f"{appliance.serve_url}/index.json").json()
+    assert {"trained-digits", "squares"} <= {model["name"] for model in index["models"]}
 
 
 def test_down_and_up_restore_every_model(appliance: Settings, models: Models) -> None:
