@@ -23,9 +23,20 @@ from storage.errors import ModelError, ParameterError
 from storage.settings import Settings
 
 LAST, BEST = "last.pt", "best.pt"
-# Parameters a resumed run must share with the run it continues; epochs may grow, and the rest
-# (device, patience, workers, deploy, gate) only change how it goes on.
-MUST_MATCH = ("dataset", "learning_rate", "batch_size", "seed", "augment")
+# Parameters a resumed run must share with the run it continues (the checkpoint holds this model,
+# trained on these batches); epochs may grow, and the rest (device, patience, workers, deploy,
+# gate) only change how it goes on.
+MUST_MATCH = (
+    "dataset",
+    "model",
+    "model_code",
+    "model_hyperparameters",
+    "init_weights",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "augment",
+)
 
 
 def checkpoint_dir(settings: Settings, run_id: str) -> Path:
