@@ -249,7 +249,8 @@ def test_onebox_train_runs_on_the_worker_and_deploys(appliance: Settings, worker
     assert f"model version  digits v{production.version}" in done.stdout
     status = json.loads(subprocess.run([ONEBOX, "status", "--json"], capture_output=True, check=True).stdout)
     assert status["workers"] == ["test-worker"]
-    assert status["served_version"] == production.version
+    served = {model["name"]: model["served_version"] for model in status["models"]}
+    assert served == {"digits": production.version}
 
 
 def test_a_failed_run_says_why_and_leaves_production_alone(appliance: Settings, worker: Path) -> None:

@@ -50,7 +50,7 @@ def test_the_worker_container_trains_and_deploys(appliance: Settings) -> None:
     assert any(line.startswith("Worker 'onebox-container' submitting flow run") for line in logs)
     production = version_by_alias(appliance, "digits", PRODUCTION)
     assert production is not None  # trained, registered and swapped in from inside the container
-    assert any(line.startswith(f"version {production.version} serves at") for line in logs)
+    assert any(line.startswith(f"digits version {production.version} serves at") for line in logs)
 
 
 def test_up_without_the_worker_removes_its_container(appliance: Settings) -> None:
