@@ -244,6 +244,7 @@ def measure_memory(
         train_s = time.perf_counter() - started
     return {
         "images": images,
+        "batch_size": batch_size,
         "generated_side": side,
         "stored_image_shape": list(version.image_shape),
         "decoded_float32_bytes": decoded,
@@ -300,6 +301,7 @@ def main() -> None:
     parser.add_argument("what", choices=["throughput", "memory", "all"], nargs="?", default="all")
     parser.add_argument("--images", type=int, default=FULL_SIZE_IMAGES, help="images in the memory benchmark")
     parser.add_argument("--side", type=int, default=FULL_SIZE_SIDE, help="their side, in pixels")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size of the memory benchmark's epoch")
     parser.add_argument("--device", default="auto")
     arguments = parser.parse_args()
     path = RESULTS / "training.json"
@@ -307,7 +309,9 @@ def main() -> None:
     if arguments.what in {"throughput", "all"}:
         results["throughput"] = measure_throughput(device=arguments.device)
     if arguments.what in {"memory", "all"}:
-        results["memory"] = measure_memory(images=arguments.images, side=arguments.side)
+        results["memory"] = measure_memory(
+            images=arguments.images, side=arguments.side, batch_size=arguments.batch_size
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     for target, measured, met in target_rows(results):
