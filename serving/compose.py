@@ -130,10 +130,9 @@ class ComposeRuntime:
         """Every model serving now, in the order each was first served."""
         return [s for model in self.state().models if (s := self._server_state(model)) is not None]
 
-    def current(self, model_name: str | None = None) -> ServerState | None:
-        """What serves ``model_name`` (None: the default model, as callers of one model ask)."""
-        name = model_name or self.default_model()
-        model = self.state().model(name) if name else None
+    def current(self, model_name: str) -> ServerState | None:
+        """What serves ``model_name``; None when it is not served."""
+        model = self.state().model(model_name)
         return self._server_state(model) if model is not None else None
 
     def default_model(self) -> str | None:
@@ -214,10 +213,8 @@ class ComposeRuntime:
         write_state(self.state_path, state)
         self._publish()
 
-    def retire_previous(self, model_name: str | None = None) -> None:
-        """After a deploy of ``model_name`` (None: of the model deployed last): let its old color
-        drain, then stop and remove it."""
-        model_name = model_name or next(reversed(self._retiring), "")
+    def retire_previous(self, model_name: str) -> None:
+        """After a deploy of ``model_name``: let its old color drain, then stop and remove it."""
         color = self._retiring.pop(model_name, None)
         model = self.state().model(model_name)
         if color is None or model is None:
