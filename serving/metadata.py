@@ -20,6 +20,13 @@ METADATA_FILE = "metadata.json"
 MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle(s) a model server loads, joined with os.pathsep
 DEFAULT_MODEL_VARIABLE = "ONEBOX_DEFAULT_MODEL"  # the model the unprefixed routes answer for
 WORKERS_VARIABLE = "ONEBOX_SERVE_WORKERS"  # its worker processes
+# The drift reference: the held-out split's probabilities and embeddings as this version computed
+# them (numpy .npz: "probabilities" (N, K), "labels" (N,), "embeddings" (N, D) when the model has one).
+REFERENCE_FILE = "reference.npz"
+# The ONNX graph's outputs: the logits, and (when the model has a final linear layer) that layer's
+# input, the embedding the drift check compares. Bundles exported before it have logits only.
+LOGITS_OUTPUT = "logits"
+EMBEDDING_OUTPUT = "embedding"
 
 
 @dataclass(frozen=True)

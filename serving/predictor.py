@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
+from serving.metadata import EMBEDDING_OUTPUT, LOGITS_OUTPUT, METADATA_FILE, MODEL_FILE, ModelMetadata
 from storage.errors import ModelError
 from storage.images import ImageDecodeError, normalize
 
@@ -38,11 +38,21 @@ def create_session(model_path: Path, *, threads: int | None = None) -> ort.Infer
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return probabilities
+
+
 class OnnxPredictor:
     def __init__(self, model_path: Path, metadata: ModelMetadata) -> None:
         self.metadata = metadata
         self.session = create_session(model_path)
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [output.name for output in self.session.get_outputs()]
+        # A bundle exported before the embedding output existed has one output, whatever its name.
+        self.has_embedding = EMBEDDING_OUTPUT in outputs
+        self.output_names = [LOGITS_OUTPUT, EMBEDDING_OUTPUT] if self.has_embedding else outputs[:1]
         self.preprocessing = metadata.conversion()
 
     @classmethod
@@ -58,12 +68,15 @@ class OnnxPredictor:
                 raise ModelError(f"model bundle {bundle} has no {required.name}")
         return cls(model_path, ModelMetadata.read(metadata_path))
 
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Softmax probabilities (N, K) and embeddings (N, D), None when the model has none, for
+        uint8 images of shape (N, C, H, W): one run of the graph for both."""
+        outputs = self.session.run(self.output_names, {self.input_name: normalize(images)})
+        return softmax(outputs[0]), (outputs[1] if self.has_embedding else None)
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities for uint8 images of shape (N, C, H, W)."""
-        logits: np.ndarray = self.session.run(None, {self.input_name: normalize(images)})[0]
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
-        return probabilities
+        return self.infer(images)[0]
 
     def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
         """The JSON answer for one image's probabilities."""

@@ -108,6 +108,16 @@ class Settings(BaseSettings):
         return self.home / "mlartifacts"
 
     @property
+    def predictions_dir(self) -> Path:
+        """The prediction log of every served model (storage/prediction_log.py)."""
+        return self.home / "predictions"
+
+    @property
+    def inbox_dir(self) -> Path:
+        """Each model's labeling inbox (storage/inbox.py)."""
+        return self.home / "inbox"
+
+    @property
     def models_dir(self) -> Path:
         """Served-model bundles (ONNX model + metadata), one folder per registered version."""
         return self.home / "models"
