@@ -61,7 +61,7 @@ bench: setup ## All benchmarks (docker, ~15 min): serving side by side, runtimes
 	$(BIN)/python -m benchmarks.suite
 
 requirements: $(UV) ## Export the images' pinned requirements from uv.lock
-	for group in serving mlflow prefect; do \
+	for group in serving mlflow prefect labeling; do \
 	  $(UV) export --frozen --no-hashes --no-emit-project --no-default-groups --only-group $$group-image \
 	    --no-header --quiet -o compose/requirements/$$group.txt; \
 	done
