@@ -27,6 +27,9 @@ EXPERIMENT_NAME = "onebox"
 PRODUCTION = "production"
 PREVIOUS = "previous"
 MODEL_CARD = "model_card.json"  # run artifact: classes, image shape, lineage, metrics
+# Run artifact and bundle file: the drift reference (serving.metadata.REFERENCE_FILE; storage
+# imports no serving). Runs from before it have none, and their bundles go without.
+REFERENCE_ARTIFACT = "reference.npz"
 # Models registered before models were named (one for everything); such a home keeps serving it.
 LEGACY_MODEL_NAME = "onebox-classifier"
 MODEL_NAME_TAG = "onebox.model_name"  # run tag: the registered model the run trains a version of
@@ -154,7 +157,8 @@ def bundle_dir(settings: Settings, name: str, version: str) -> Path:
 
 
 def materialize_bundle(settings: Settings, name: str, version: str) -> Path:
-    """The served-model folder of a registered version (model.onnx + metadata.json).
+    """The served-model folder of a registered version (model.onnx + metadata.json, and the drift
+    reference when its run saved one).
 
     Built from the registry the first time, so any registered version can be served again
     on a machine that only has the MLflow store.
@@ -183,6 +187,11 @@ def materialize_bundle(settings: Settings, name: str, version: str) -> Path:
         shutil.copyfile(onnx_files[0], final / "model.onnx")
         metadata = {**card, "model_name": name, "model_version": version, "run_id": registered.run_id}
         (final / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        if any(item.path == REFERENCE_ARTIFACT for item in mlflow_client(settings).list_artifacts(registered.run_id)):
+            reference = mlflow.artifacts.download_artifacts(
+                run_id=registered.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(staging / "reference")
+            )
+            shutil.copyfile(reference, final / REFERENCE_ARTIFACT)
         if target.exists():
             shutil.rmtree(target)
         final.rename(target)
