@@ -27,11 +27,14 @@ class FlowEntry:
     name: str  # the flow's name, as the Prefect UI lists it
     entrypoint: str  # file path relative to SOURCE_ROOT, then the flow function
     tags: tuple[str, ...]
+    cron: str | None = None  # a schedule (UTC); None: started by hand, from the UI or the CLI
 
 
 FLOWS = (
     FlowEntry("training-pipeline", "flows/pipeline.py:training_pipeline", ("training",)),
     FlowEntry("rollback", "flows/operations.py:rollback_production", ("serving",)),
+    # Daily: a small team's traffic fills a window in about a day.
+    FlowEntry("drift-check", "flows/drift_flow.py:drift_check_flow", ("monitoring",), cron="0 5 * * *"),
 )
 
 
@@ -135,6 +138,7 @@ def register_all(settings: Settings) -> list[Registered]:
             version=version,
             description=flow.description,
             enforce_parameter_schema=True,  # the API rejects bad values before a run exists
+            cron=entry.cron,
         )
         properties = deployment._parameter_openapi_schema.properties
         for name, label in _field_labels(flow.fn).items():

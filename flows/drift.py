@@ -18,70 +18,16 @@ output has three families, each with a third.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
 from scipy import stats
 
-if TYPE_CHECKING:
-    from storage.settings import Settings
+from flows.drift_window import DriftTest
 
 PCA_COMPONENTS = 10
 # The MMD's kernel matrix grows with the square of reference + window: a seeded subset of a larger reference.
 MMD_MAX_REFERENCE = 1000
 MIN_EXPECTED_COUNT = 5.0  # below it, chi-square's approximation is poor: such classes share one bin
 SEED = 0  # the permutations and subsets are seeded: the same window gives the same answer
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    window: int = 500  # the newest records compared, at most
-    minimum: int = 100  # fewer than this: not enough data (drift null), not "no drift"
-    false_alarm_rate: float = 0.01  # of the whole check on a clean window
-    permutations: int = 1000  # of the MMD test: its smallest p-value is 1 / (permutations + 1)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DriftConfig:
-        return cls(
-            window=settings.drift_window,
-            minimum=settings.drift_min_records,
-            false_alarm_rate=settings.drift_false_alarm_rate,
-            permutations=settings.drift_permutations,
-        )
-
-
-@dataclass(frozen=True)
-class DriftTest:
-    name: str  # class_probability_ks | predicted_class_chi2 | embedding_mmd | confidence_ks
-    statistic: float
-    p_value: float
-    alpha: float  # this test's share of the false-alarm rate: drift when p_value <= alpha
-    subject: str = ""  # the class, for the per-class test
-
-    @property
-    def drifted(self) -> bool:
-        return self.p_value <= self.alpha
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "drift": self.drifted}
-
-
-@dataclass(frozen=True)
-class DriftResult:
-    model: str
-    version: str
-    drift: bool | None  # None: not enough data, or no reference (``reason`` says which)
-    reason: str  # one line
-    window: int  # records compared
-    minimum: int
-    reference_size: int
-    false_alarm_rate: float
-    uses_embedding: bool
-    tests: tuple[DriftTest, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tests": [test.to_dict() for test in self.tests]}
 
 
 def pca_projection(reference: np.ndarray, components: int = PCA_COMPONENTS) -> tuple[np.ndarray, np.ndarray]:
@@ -168,11 +114,3 @@ def compare(
     return tuple(
         DriftTest(test.name, float(test.statistic), float(test.p_value), test.alpha, test.subject) for test in tests
     )
-
-
-def summarize(tests: tuple[DriftTest, ...], *, window: int) -> str:
-    """One line: drift or not, and which tests said so."""
-    flagged = [f"{test.name}[{test.subject}]" if test.subject else test.name for test in tests if test.drifted]
-    if not flagged:
-        return f"no drift in the newest {window} predictions ({len(tests)} tests)"
-    return f"drift in the newest {window} predictions: {', '.join(flagged)}"

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.drift import DriftConfig, DriftResult, compare, summarize
+from flows.drift import compare
+from flows.drift_window import (
+    DriftConfig,
+    DriftResult,
+    not_checked,
+    served_version,
+    summarize,
+    too_few,
+    window_records,
+)
 from flows.reference import Reference
 from serving.metadata import REFERENCE_FILE, ModelMetadata
-from storage.errors import ModelError
 from storage.inbox import add_to_inbox
-from storage.prediction_log import PredictionRecord, model_log_dir, read_records
-from storage.registry import PRODUCTION, materialize_bundle, peek_alias
+from storage.prediction_log import PredictionRecord, model_log_dir
+from storage.registry import materialize_bundle
 from storage.settings import Settings
 
 
@@ -27,50 +35,14 @@ class DriftCheck:
 
     result: DriftResult
     records: list[PredictionRecord] = field(default_factory=list)
+    reference: Reference | None = None
 
-
-def served_version(settings: Settings, name: str) -> str:
-    """The version a drift check compares: the model's production version, what serves.
-
-    Raises:
-        ModelError: the model has no production version.
-    """
-    production = peek_alias(settings, name, PRODUCTION)
-    if production is None:
-        raise ModelError(f"model {name} has no production version: nothing serves, so there is no drift to check")
-    return production.version
-
-
-def window_records(settings: Settings, name: str, version: str, config: DriftConfig) -> list[PredictionRecord]:
-    """The newest ``config.window`` logged predictions of that version, oldest first."""
-    return read_records(settings.predictions_dir, name, version=version, limit=config.window)
-
-
-def _not_checked(
-    name: str, version: str, config: DriftConfig, reason: str, *, window: int, reference: int
-) -> DriftResult:
-    return DriftResult(
-        model=name,
-        version=version,
-        drift=None,
-        reason=reason,
-        window=window,
-        minimum=config.minimum,
-        reference_size=reference,
-        false_alarm_rate=config.false_alarm_rate,
-        uses_embedding=False,
-    )
-
-
-def too_few(name: str, version: str, config: DriftConfig, count: int) -> DriftResult | None:
-    """The "not enough data" result when fewer than the minimum were logged; None when there are enough."""
-    if count >= config.minimum:
-        return None
-    reason = (
-        f"not enough data: {count} predictions of {name} v{version} logged, the check needs at least "
-        f"{config.minimum} (ONEBOX_DRIFT_MIN_RECORDS)"
-    )
-    return _not_checked(name, version, config, reason, window=count, reference=0)
+    def window_probabilities(self) -> np.ndarray | None:
+        """The compared records' probabilities (N, K); None when nothing was compared."""
+        if not self.result.tests or self.reference is None:
+            return None
+        classes = self.reference.probabilities.shape[1]
+        return np.array([r.probabilities for r in self.records if len(r.probabilities) == classes], np.float32)
 
 
 def check_window(
@@ -91,7 +63,7 @@ def check_window(
             f"no drift reference: {name} v{version} was trained before onebox saved one with each version; "
             "train a new version to check drift"
         )
-        return _not_checked(name, version, config, reason, window=len(fitting), reference=0)
+        return not_checked(name, version, config, reason, window=len(fitting), reference=0)
     probabilities = np.array([record.probabilities for record in fitting], dtype=np.float32)
     embeddings = None
     sizes = {len(record.embedding) if record.embedding is not None else 0 for record in fitting}
@@ -144,8 +116,8 @@ def check_model(settings: Settings, name: str, config: DriftConfig | None = None
         return DriftCheck(short, records)  # no bundle needed to say so
     bundle = materialize_bundle(settings, name, version)
     metadata = ModelMetadata.read(bundle / "metadata.json")
-    result = check_window(name, version, records, load_bundle_reference(bundle), metadata.classes, config)
-    return DriftCheck(result, records)
+    reference = load_bundle_reference(bundle)
+    return DriftCheck(check_window(name, version, records, reference, metadata.classes, config), records, reference)
 
 
 def fill_inbox(settings: Settings, check: DriftCheck, *, low_confidence: float, limit: int) -> dict[str, int]:

@@ -44,25 +44,26 @@ class RegisteredVersion:
     source: str
 
 
-def configure_mlflow(settings: Settings) -> str:
-    """Point MLflow at onebox's store and return the experiment id (created on first use)."""
+def configure_mlflow(settings: Settings, experiment_name: str = EXPERIMENT_NAME) -> str:
+    """Point MLflow at onebox's store and return the experiment's id (created on first use): the
+    training runs' by default, or another of onebox's (the drift checks' monitoring experiment)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     settings.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
         # A local store keeps artifacts beside its database; a tracking server chooses (and serves) its own.
         local = not settings.mlflow_tracking_uri.startswith(("http://", "https://"))
         artifact_location = settings.mlflow_artifacts_dir.as_uri() if local else None
-        return str(mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location))
+        return str(mlflow.create_experiment(experiment_name, artifact_location=artifact_location))
     except mlflow.exceptions.MlflowException:
         # Another process created it between our look-up and create.
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+        experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is None:
             raise
         return str(experiment.experiment_id)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.drift import DriftConfig
 from flows.drift_check import check_model, check_window, load_bundle_reference
+from flows.drift_window import DriftConfig
 from flows.perturbations import DRIFT_KINDS, perturb
 from flows.prepare import Split, split_dataset
 from flows.reference import Reference
