@@ -57,7 +57,7 @@ class Reference:
                 probabilities = np.asarray(stored["probabilities"], dtype=np.float32)
                 labels = np.asarray(stored["labels"], dtype=np.int64)
                 embeddings = np.asarray(stored["embeddings"], np.float32) if "embeddings" in stored else None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
             raise ModelError(f"drift reference {path} cannot be read ({type(error).__name__}: {error})") from error
         rows = len(labels)
         sizes = {len(probabilities), rows} | ({len(embeddings)} if embeddings is not None else set())

@@ -60,8 +60,7 @@ def make_records(
     return records
 
 
-@pytest.fixture(scope="module")
-def served(trained: TrainedPipeline) -> tuple[OnnxPredictor, Reference, Split]:
+def served_bundle(trained: TrainedPipeline) -> tuple[OnnxPredictor, Reference, Split]:
     """The served bundle's predictor and reference, and the validation split of its dataset."""
     result = trained.result
     bundle = materialize_bundle(trained.settings, result.model_name, result.model_version)
@@ -70,6 +69,11 @@ def served(trained: TrainedPipeline) -> tuple[OnnxPredictor, Reference, Split]:
     name, version = result.dataset.split(":")
     data = split_dataset(open_images(resolve_dataset(name, version, trained.settings)), seed=0)
     return OnnxPredictor.from_directory(bundle), reference, data.validation
+
+
+@pytest.fixture(scope="module")
+def served(trained: TrainedPipeline) -> tuple[OnnxPredictor, Reference, Split]:
+    return served_bundle(trained)
 
 
 def test_the_bundle_reference_is_what_serving_computes_on_the_test_split(
