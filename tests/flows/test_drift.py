@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from flows.drift_check import check_model, check_window, load_bundle_reference
-from flows.drift_window import DriftConfig
+from flows.drift_window import DriftConfig, served_version
 from flows.perturbations import DRIFT_KINDS, perturb
 from flows.prepare import Split, split_dataset
 from flows.reference import Reference
@@ -63,12 +63,16 @@ def make_records(
 def served_bundle(trained: TrainedPipeline) -> tuple[OnnxPredictor, Reference, Split]:
     """The served bundle's predictor and reference, and the validation split of its dataset."""
     result = trained.result
-    bundle = materialize_bundle(trained.settings, result.model_name, result.model_version)
+    # What serves now: other tests of the session may have promoted another version.
+    bundle = materialize_bundle(
+        trained.settings, result.model_name, served_version(trained.settings, result.model_name)
+    )
     reference = load_bundle_reference(bundle)
     assert reference is not None
-    name, version = result.dataset.split(":")
-    data = split_dataset(open_images(resolve_dataset(name, version, trained.settings)), seed=0)
-    return OnnxPredictor.from_directory(bundle), reference, data.validation
+    predictor = OnnxPredictor.from_directory(bundle)
+    metadata = predictor.metadata
+    dataset = resolve_dataset(metadata.dataset_name, metadata.dataset_version, trained.settings)
+    return predictor, reference, split_dataset(open_images(dataset), seed=0).validation
 
 
 @pytest.fixture(scope="module")

@@ -161,7 +161,7 @@ def test_a_clean_window_exits_0(home: Settings, served: tuple[OnnxPredictor, Ref
     log_traffic(home, predictor, validation.images, keep_images=False)
     done = onebox(home, "drift")  # the only model: --model may be left out
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "digits v1: no drift in the newest" in done.stdout
+    assert f"digits v{predictor.metadata.model_version}: no drift in the newest" in done.stdout
 
 
 def test_too_few_predictions_is_not_enough_data_not_no_drift(
@@ -176,10 +176,11 @@ def test_too_few_predictions_is_not_enough_data_not_no_drift(
     report = json.loads(done.stdout)
     assert report["drift"] is None
     assert report["window"] == 40
-    assert report["reason"].startswith("not enough data: 40 predictions of digits v1 logged")
+    version = predictor.metadata.model_version
+    assert report["reason"].startswith(f"not enough data: 40 predictions of digits v{version} logged")
     plain = onebox(home, "drift")
     assert plain.returncode == 4
-    assert plain.stderr.strip().splitlines() == [f"digits v1: {report['reason']}"]
+    assert plain.stderr.strip().splitlines() == [f"digits v{version}: {report['reason']}"]
     (result,) = drift_check_flow(model="digits")  # the scheduled flow says the same, and does not fail
     assert result["drift"] is None
 
@@ -197,3 +198,22 @@ def test_bad_model_names_are_one_line(home: Settings, args: tuple[str, ...], mes
     assert "Traceback" not in done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert message in done.stderr
+
+
+def test_the_flow_is_registered_with_a_daily_schedule_and_a_form(prefect_server: None, settings: Settings) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import deployment_name, register_all
+    from storage.names import NAME_PATTERN
+
+    registered = {entry.name: entry.deployment_id for entry in register_all(settings)}
+    assert "drift-check/onebox" in registered
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name("drift-check"))
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == "0 5 * * *"  # type: ignore[union-attr]
+    assert schedule.active
+    assert deployment.parameter_openapi_schema is not None
+    model = deployment.parameter_openapi_schema["properties"]["model"]
+    assert model["title"] == "Model name"
+    assert model["pattern"] == NAME_PATTERN.pattern  # "../x" is refused before a run exists
