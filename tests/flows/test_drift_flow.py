@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +59,11 @@ def log_traffic(settings: Settings, predictor: OnnxPredictor, images: np.ndarray
             kept.append(record.__class__(**{**record.__dict__, "image": relative}))
         records = kept
     append_records(settings.predictions_dir, "test-writer", records)
+
+
+def _drift_events(prefect: Any) -> int:
+    filter_ = {"event": {"name": ["onebox.drift.detected"]}, "resource": {"id": ["onebox.model.digits"]}}
+    return int(prefect.request("POST", "/events/filter", json={"filter": filter_}).json()["total"])
 
 
 def onebox(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -121,17 +128,11 @@ def test_a_drifted_window_is_logged_alerted_and_fills_the_inbox(
         keys = {found.key: found for found in artifact}
         assert "drift-digits" in keys
         assert "data:image/png;base64," in str(keys["drift-digits"].data)
-        answer = prefect.request(
-            "POST",
-            "/events/filter",
-            json={
-                "filter": {
-                    "event": {"name": ["onebox.drift.detected"]},
-                    "any_resource": {"id": ["onebox.model.digits"]},
-                }
-            },
-        )
-    assert answer.json()["total"] >= 1
+        # The server stores events in batches after they arrive: wait until this one is readable.
+        deadline = time.monotonic() + 90
+        while not _drift_events(prefect):
+            assert time.monotonic() < deadline, "no onebox.drift.detected event for onebox.model.digits"
+            time.sleep(1)
 
     # The same check again adds no image twice.
     (again,) = drift_check_flow(model="digits")
