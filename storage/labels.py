@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 
+class NotInInboxError(LabelError):
+    """The image named is not (or no longer) in the model's inbox, or the name is no digest at all."""
+
+
 @dataclass(frozen=True)
 class Label:
     sha256: str
@@ -49,10 +53,10 @@ def check_sha256(sha256: str) -> str:
     """``sha256`` when it is a lowercase hex digest (an inbox file name stem).
 
     Raises:
-        LabelError: anything else, path characters above all.
+        NotInInboxError: anything else, path characters above all.
     """
     if not SHA256_PATTERN.fullmatch(sha256):
-        raise LabelError(f"{sha256[:80]!r} is not an inbox image id (64 lowercase hex digits)")
+        raise NotInInboxError(f"{sha256[:80]!r} is not an inbox image id (64 lowercase hex digits)")
     return sha256
 
 
@@ -88,7 +92,7 @@ class LabelStore:
 
     def _require_image(self, sha256: str) -> None:
         if not (self.folder / f"{check_sha256(sha256)}.json").is_file():
-            raise LabelError(f"image {sha256} is not in the inbox of model {self.model}")
+            raise NotInInboxError(f"image {sha256} is not in the inbox of model {self.model}")
 
     def _change(self, sha256: str, label: str | None, by: str) -> None:
         self._require_image(sha256)
@@ -108,7 +112,8 @@ class LabelStore:
         """Label an inbox image (again: the new label replaces the old one).
 
         Raises:
-            LabelError: ``label`` is not one of ``classes``, or the image is not in the inbox.
+            LabelError: ``label`` is not one of ``classes``.
+            NotInInboxError: the image is not in the inbox.
         """
         if label not in classes:
             raise LabelError(f"{label[:80]!r} is not a class of model {self.model}; its classes: {', '.join(classes)}")
@@ -118,7 +123,7 @@ class LabelStore:
         """Set an image aside unlabeled: it stays in the inbox and is not merged.
 
         Raises:
-            LabelError: the image is not in the inbox.
+            NotInInboxError: the image is not in the inbox.
         """
         self._change(sha256, None, by)
 
@@ -173,7 +178,7 @@ def image_bytes(path: Path) -> tuple[bytes, str]:
         if suffix == ".npy":
             return _array_png(path), "image/png"
     except FileNotFoundError:
-        raise LabelError(f"image {path.name} is no longer in the inbox") from None
+        raise NotInInboxError(f"image {path.name} is no longer in the inbox") from None
     raise LabelError(f"inbox file {path.name} is neither PNG, JPEG nor a pixel array (.npy)")
 
 

@@ -8,8 +8,13 @@ inbox is filled with ``storage.inbox.add_to_inbox`` from real digits images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +105,51 @@ class LabelingHome:
     inbox: list[InboxImage]
 
 
+def make_labeling_home(folder: Path, production_store: str) -> LabelingHome:
+    settings = Settings(home=folder / "home", tracking_uri=production_store, label_port=free_port())
+    parent = import_parent(settings, folder / "parent")
+    return LabelingHome(settings, parent, fill_inbox(settings, folder / "seen"))
+
+
 @pytest.fixture
 def labeling_home(tmp_path: Path, production_store: str) -> LabelingHome:
     """A fresh home: the parent dataset, model ``digits`` in production on it, 12 images in its inbox."""
-    settings = Settings(home=tmp_path / "home", tracking_uri=production_store, label_port=free_port())
-    parent = import_parent(settings, tmp_path / "parent")
-    return LabelingHome(settings, parent, fill_inbox(settings, tmp_path / "seen"))
+    return make_labeling_home(tmp_path, production_store)
+
+
+@contextlib.contextmanager
+def labeling_server(settings: Settings, *, prefect_api_url: str | None = None) -> Iterator[str]:
+    """``python -m flows.labeling_server`` on the home of ``settings``, as the appliance runs it;
+    yields its URL once ``/label/healthz`` answers."""
+    import httpx
+
+    from serving.waiting import NotYet, wait_for
+
+    environment = {
+        **os.environ,
+        "ONEBOX_HOME": str(settings.home),
+        "ONEBOX_TRACKING_URI": str(settings.tracking_uri),
+        "ONEBOX_LABEL_PORT": str(settings.label_port),
+        "ONEBOX_BIND": "127.0.0.1",
+        "ONEBOX_RUNTIME": "local",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        # No Prefect server unless the test gives one: a port nothing listens on.
+        "PREFECT_API_URL": prefect_api_url or f"http://127.0.0.1:{free_port()}/api",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "flows.labeling_server"], env=environment)
+    url = f"http://127.0.0.1:{settings.label_port}"
+
+    def healthy() -> None:
+        if server.poll() is not None:
+            raise RuntimeError(f"the labeling server exited with {server.returncode}")
+        try:
+            httpx.get(f"{url}/label/healthz", timeout=2).raise_for_status()
+        except httpx.HTTPError as error:
+            raise NotYet(str(error)) from None
+
+    try:
+        wait_for(healthy, timeout_s=120, what="the labeling server to answer")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
