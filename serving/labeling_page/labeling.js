@@ -1,6 +1,7 @@
 // The labeling page of one model (serving/labeling.py): one key per image.
-// Class keys: 1-9 and 0 for the first ten classes, then a, b, c ...; Enter takes the highlighted
-// class (the model's guess at first); arrows move it; Space skips; Backspace (or Ctrl+Z) undoes.
+// Class keys: a class named by one key has that key (digits 0-9 press their own digit); the others
+// take 1-9, 0, then a, b, c ... in order, whichever are free. Enter takes the highlighted class (the
+// model's guess at first); arrows move it; Space skips; Backspace (or Ctrl+Z) undoes.
 "use strict";
 
 const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
@@ -8,11 +9,22 @@ const KEYS = "1234567890abcdefghijklmnopqrstuvwxyz";
 let state = null;
 let highlight = 0;
 let busy = false;
+let keys = []; // keys[i]: the shortcut of class i, or null (more classes than keys)
 
 const $ = (id) => document.getElementById(id);
 
-function keyOf(index) {
-  return index < KEYS.length ? KEYS[index] : null;
+function assignKeys(classes) {
+  const own = classes.map((name) => name.toLowerCase());
+  const taken = new Set();
+  const assigned = own.map((name) => {
+    if (name.length === 1 && KEYS.includes(name) && !taken.has(name)) {
+      taken.add(name);
+      return name;
+    }
+    return null;
+  });
+  const free = [...KEYS].filter((key) => !taken.has(key));
+  return assigned.map((key) => key || free.shift() || null);
 }
 
 function say(text) {
@@ -36,13 +48,15 @@ async function call(path, body) {
 function buildButtons() {
   const group = $("classes");
   group.replaceChildren();
+  keys = assignKeys(state.classes);
   state.classes.forEach((name, index) => {
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.class = name;
     button.append(name);
-    const key = keyOf(index);
-    if (key) {
+    const key = keys[index];
+    button.title = key ? `key ${key}` : "no key: click it";
+    if (key && key !== name.toLowerCase()) { // a class named by its key needs no hint
       const hint = document.createElement("kbd");
       hint.textContent = key;
       button.append(hint);
@@ -171,8 +185,8 @@ document.addEventListener("keydown", (event) => {
     move(1);
   } else if (key === "arrowleft" || key === "arrowup") {
     move(-1);
-  } else if (KEYS.includes(key) && KEYS.indexOf(key) < state.classes.length) {
-    act("label", {label: state.classes[KEYS.indexOf(key)]});
+  } else if (keys.includes(key)) {
+    act("label", {label: state.classes[keys.indexOf(key)]});
   } else {
     handled = false;
   }
