@@ -34,15 +34,6 @@ def serve_labeling(settings: Settings, *, host: str) -> None:
     uvicorn.run(labeling_app(settings), host=host, port=settings.label_port, log_level="warning", access_log=False)
 
 
-def health() -> None:
-    """The container's healthcheck: exit 0 when the page answers ``/label/healthz`` where it listens."""
-    import urllib.request
-
-    settings = get_settings()
-    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::", "") else settings.bind
-    urllib.request.urlopen(f"http://{host}:{settings.label_port}/label/healthz", timeout=2)
-
-
 def main() -> None:
     settings = get_settings()
     serve_labeling(settings, host=settings.bind)

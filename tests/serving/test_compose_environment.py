@@ -144,4 +144,4 @@ def test_the_labeling_service_runs_as_the_homes_owner_with_the_home_at_its_own_p
     assert service["network_mode"] == "host"
     assert service["volumes"] == ["${ONEBOX_HOME:-./.onebox}:${ONEBOX_HOME:-/onebox-home}"]
     assert service["environment"]["ONEBOX_RUNTIME"] == "compose"
-    assert "health()" in " ".join(service["healthcheck"]["test"])
+    assert "/label/healthz" in " ".join(service["healthcheck"]["test"])
