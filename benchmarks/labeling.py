@@ -11,6 +11,7 @@ Results: benchmarks/results/labeling.json.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import tempfile
@@ -77,7 +78,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="onebox-bench-labeling-") as folder:
         results = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+            "load_average_before": round(os.getloadavg()[0], 1),  # other work on the machine meanwhile
             **measure(Path(folder)),
         }
     target = Path(__file__).resolve().parent / "results" / "labeling.json"
