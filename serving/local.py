@@ -140,6 +140,7 @@ class LocalRuntime:
             MODEL_DIR_VARIABLE: os.pathsep.join(state.bundle for state in states),
             WORKERS_VARIABLE: str(self.settings.serve_workers),
             SERVER_TAG_VARIABLE: str(self.state_path),
+            **self.settings.input_limits.environment(),  # as set in .env too, not only the environment
             "BENTOML_DO_NOT_TRACK": "true",
         }
         env.pop(DEFAULT_MODEL_VARIABLE, None)
