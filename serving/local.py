@@ -147,7 +147,10 @@ class LocalRuntime:
         if self.settings.default_model:
             env[DEFAULT_MODEL_VARIABLE] = self.settings.default_model
         command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
-        process = start_process_group(command, env=env, log_path=self.log_path)
+        # Its output goes through serving/log_rotation.py, which keeps the log to a few files of
+        # bounded size; that process leads the group (its command line names SERVICE too).
+        rotated = [sys.executable, "-m", "serving.log_rotation", str(self.log_path), "--", *command]
+        process = start_process_group(rotated, env=env, log_path=self.log_path.with_suffix(".rotation.log"))
         try:
             wait_until_ready(
                 self.settings.serve_url,
