@@ -103,3 +103,21 @@ def test_every_operation_keeps_its_contract(server_url: str, path: str, operatio
     check()
     assert len(sent) >= (100 if operation.method == "post" else 1)  # a GET without parameters has one case
     assert max(sent) < 500
+
+
+@pytest.mark.parametrize("page_path", ["/docs", "/models/colors/"])
+def test_the_swagger_pages_load_nothing_from_outside(server_url: str, page_path: str) -> None:
+    from tests.serving.chromium import chromium_page
+
+    with chromium_page() as page:
+        page.open(f"{server_url}{page_path}")
+        page.wait_until("document.querySelector('.info .description')", what="the Swagger page's spec")
+        page.wait_until("document.querySelector('.opblock-post')", what="the operations")
+        requests = page.requests()
+        scripts = page.evaluate("[...document.scripts].map(s => s.src || 'inline')")
+    loaded = {url for _, url in requests if not url.startswith("data:")}
+    assert loaded
+    assert all(url.startswith(server_url) for url in loaded), loaded - {u for u in loaded if u.startswith(server_url)}
+    assert any(url.endswith("docs.json") for url in loaded)
+    assert all(src == "inline" or src.startswith(server_url) for src in scripts), scripts
+    assert not any("googletagmanager" in src for src in scripts)
