@@ -43,7 +43,7 @@ def model_service_definition(model: ServedModel, color: Color, address: str) -> 
             # The container holds one model: its unprefixed routes answer for it.
             env_name("default_model"): model.name,
             # The input limits (storage/limits.py), from the settings compose is run with.
-            **{name: f"${{{name}}}" for name in InputLimits().environment()},
+            **{name: f"${{{name}:-{default}}}" for name, default in InputLimits().environment().items()},
         },
         "labels": {MODEL_LABEL: model.name},
         "healthcheck": {
