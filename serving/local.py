@@ -210,6 +210,10 @@ class LocalRuntime:
     def _startup_failed(self, log_offset: int) -> bool:
         # BentoML's supervisor keeps restarting a worker whose model fails to load, so the
         # process lives on; its log says so at once, which saves waiting for the timeout.
-        with self.log_path.open("rb") as log:
-            log.seek(log_offset)
-            return STARTUP_FAILED_MARKER.encode() in log.read()
+        try:
+            with self.log_path.open("rb") as log:
+                # Smaller than when the server started: rotated meanwhile, all of it is new.
+                log.seek(log_offset if log.seek(0, os.SEEK_END) >= log_offset else 0)
+                return STARTUP_FAILED_MARKER.encode() in log.read()
+        except FileNotFoundError:  # the log rotation has not opened it yet
+            return False

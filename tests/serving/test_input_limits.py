@@ -71,6 +71,22 @@ def test_images_with_too_many_pixels_are_a_413_before_decoding(server: LocalRunt
     still_answers(server)
 
 
+def test_four_huge_images_at_once_cost_the_server_little(server: LocalRuntime) -> None:
+    """Four valid 13000x13000 PNGs at once took a container to 2.5 GB and stalled other clients."""
+    before = server_rss_bytes(server)
+    data = huge_png(13000)
+
+    async def four() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url(server), timeout=30) as client:
+            files = {"image": ("huge.png", data, "image/png")}
+            return await asyncio.gather(*(client.post("/predict", files=files) for _ in range(4)))
+
+    answers = asyncio.run(four())
+    assert [answer.status_code for answer in answers] == [413] * 4
+    assert server_rss_bytes(server) - before < 50_000_000
+    still_answers(server)
+
+
 def test_a_123_mb_batch_is_refused_unparsed(server: LocalRuntime) -> None:
     before = server_rss_bytes(server)
     body = b'{"images": [' + b"[[" + b"0, " * 40_000_000 + b"0]]]}"  # 123 MB of pixel values
