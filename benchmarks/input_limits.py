@@ -43,6 +43,7 @@ def per_call_us(calls: dict[str, Callable[[], Any]], rounds: int = ROUNDS, runs:
 
 
 def main() -> None:
+    from serving.metadata import MODEL_DIR_VARIABLE
     from serving.model_routes import ServedModels
     from serving.predictor import OnnxPredictor
     from serving.request_limits import RequestLimits
@@ -60,7 +61,7 @@ def main() -> None:
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         return None
 
-    middleware = RequestLimits(inner, models=ServedModels.from_environment({"ONEBOX_MODEL_DIR": str(bundle)}))
+    middleware = RequestLimits(inner, models=ServedModels.from_environment({MODEL_DIR_VARIABLE: str(bundle)}))
     scope = {
         "type": "http",
         "method": "POST",
