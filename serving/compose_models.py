@@ -16,6 +16,7 @@ from typing import Any
 
 from serving.appliance_state import COLORS, ApplianceState, Color, ServedModel
 from serving.metadata import WORKERS_VARIABLE
+from storage.limits import InputLimits
 from storage.settings import env_name
 
 MODELS_COMPOSE_FILE = "models.yml"
@@ -41,6 +42,8 @@ def model_service_definition(model: ServedModel, color: Color, address: str) -> 
             WORKERS_VARIABLE: str(model.workers),
             # The container holds one model: its unprefixed routes answer for it.
             env_name("default_model"): model.name,
+            # The input limits (storage/limits.py), from the settings compose is run with.
+            **{name: f"${{{name}:-{default}}}" for name, default in InputLimits().environment().items()},
         },
         "labels": {MODEL_LABEL: model.name},
         "healthcheck": {

@@ -36,7 +36,9 @@ SERVING_FILES = (
     "serving/index_page.py",
     "serving/metadata.py",
     "serving/model_routes.py",
+    "serving/openapi.py",
     "serving/predictor.py",
+    "serving/request_limits.py",
     "serving/service.py",
     "serving/single_process.py",
     "serving/uploads.py",
@@ -44,6 +46,7 @@ SERVING_FILES = (
     "storage/__init__.py",
     "storage/errors.py",
     "storage/images.py",
+    "storage/limits.py",
 )
 
 

@@ -140,13 +140,17 @@ class LocalRuntime:
             MODEL_DIR_VARIABLE: os.pathsep.join(state.bundle for state in states),
             WORKERS_VARIABLE: str(self.settings.serve_workers),
             SERVER_TAG_VARIABLE: str(self.state_path),
+            **self.settings.input_limits.environment(),  # as set in .env too, not only the environment
             "BENTOML_DO_NOT_TRACK": "true",
         }
         env.pop(DEFAULT_MODEL_VARIABLE, None)
         if self.settings.default_model:
             env[DEFAULT_MODEL_VARIABLE] = self.settings.default_model
         command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
-        process = start_process_group(command, env=env, log_path=self.log_path)
+        # Its output goes through serving/log_rotation.py, which keeps the log to a few files of
+        # bounded size; that process leads the group (its command line names SERVICE too).
+        rotated = [sys.executable, "-m", "serving.log_rotation", str(self.log_path), "--", *command]
+        process = start_process_group(rotated, env=env, log_path=self.log_path.with_suffix(".rotation.log"))
         try:
             wait_until_ready(
                 self.settings.serve_url,
@@ -206,6 +210,10 @@ class LocalRuntime:
     def _startup_failed(self, log_offset: int) -> bool:
         # BentoML's supervisor keeps restarting a worker whose model fails to load, so the
         # process lives on; its log says so at once, which saves waiting for the timeout.
-        with self.log_path.open("rb") as log:
-            log.seek(log_offset)
-            return STARTUP_FAILED_MARKER.encode() in log.read()
+        try:
+            with self.log_path.open("rb") as log:
+                # Smaller than when the server started: rotated meanwhile, all of it is new.
+                log.seek(log_offset if log.seek(0, os.SEEK_END) >= log_offset else 0)
+                return STARTUP_FAILED_MARKER.encode() in log.read()
+        except FileNotFoundError:  # the log rotation has not opened it yet
+            return False

@@ -11,20 +11,19 @@ The served path pays one prefix test and one dict lookup per request.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import Any
 
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.index_page import index_entries, model_path, render_index
 from serving.metadata import DEFAULT_MODEL_VARIABLE, METADATA_FILE, MODEL_DIR_VARIABLE, ModelMetadata, bundle_folders
+from serving.openapi import model_spec
 from storage.errors import ModelError
 
 MODEL_SCOPE_KEY = "onebox.model"  # the model a prefixed request asked for; absent: the default model
@@ -91,12 +90,19 @@ class ModelRoutes:
     def __init__(self, app: ASGIApp, *, models: ServedModels | None = None) -> None:
         self.app = app
         self.models = models or ServedModels.from_environment()
-        self.rewritten: dict[tuple[str, str], bytes] = {}  # (model, path): its page or spec, built once
+        self.rewritten: dict[tuple[str, str], bytes] = {}  # (model, path): its Swagger page, built once
         entries = index_entries(list(self.models.metadata.values()), default=self.models.default)
+        default = self.models.metadata[self.models.default]
         self.pages: dict[str, Response] = {
             "/": HTMLResponse(render_index(list(self.models.metadata.values()), default=self.models.default)),
             "/index.json": JSONResponse({"default": self.models.default, "models": entries}),
             "/docs": RedirectResponse(model_path(self.models.default)),
+            "/docs.json": JSONResponse(model_spec(default, description=describe_model(default))),
+        }
+        # Each model's own API document, its routes under /models/NAME (serving/openapi.py).
+        self.specs = {
+            name: JSONResponse(model_spec(meta, description=describe_model(meta), prefix=f"{PREFIX}{name}"))
+            for name, meta in self.models.metadata.items()
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,13 +131,16 @@ class ModelRoutes:
             return
         inner = f"/{rest}"
         scoped = {**scope, "path": inner, "raw_path": inner.encode(), MODEL_SCOPE_KEY: name}
+        if inner == "/docs.json":
+            await self.specs[name](scoped, receive, send)
+            return
         if inner in _REWRITTEN:
             await self._send_rewritten(name, scoped, receive, send)
             return
         await self.app(scoped, receive, send)
 
     async def _send_rewritten(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """BentoML's Swagger page or OpenAPI document, made this model's (built once, then kept)."""
+        """BentoML's Swagger page, made this model's (built once, then kept)."""
         key = (name, scope["path"])
         if key not in self.rewritten:
             status, body = await _collect(self.app, scope, receive)
@@ -139,17 +148,7 @@ class ModelRoutes:
                 await Response(body, status_code=status)(scope, receive, send)
                 return
             self.rewritten[key] = _REWRITTEN[scope["path"]](self.models.metadata[name], body)
-        media_type = "application/json" if scope["path"] == "/docs.json" else "text/html"
-        await Response(self.rewritten[key], media_type=media_type)(scope, receive, send)
-
-
-def _model_spec(meta: ModelMetadata, body: bytes) -> bytes:
-    """The OpenAPI document with the model's description, and ``servers`` set so that Swagger's
-    *Try it out* posts to ``/models/NAME/...``."""
-    spec: dict[str, Any] = json.loads(body)
-    spec["info"] = {"title": meta.model_name, "version": meta.model_version, "description": describe_model(meta)}
-    spec["servers"] = [{"url": f"/models/{meta.model_name}", "description": f"model {meta.model_name}"}]
-    return json.dumps(spec).encode()
+        await Response(self.rewritten[key], media_type="text/html")(scope, receive, send)
 
 
 def _model_page(meta: ModelMetadata, body: bytes) -> bytes:
@@ -165,7 +164,7 @@ def _model_page(meta: ModelMetadata, body: bytes) -> bytes:
 _TAG_MANAGER = re.compile(
     r"<!-- Google Tag Manager(?: \(noscript\))? -->.*?<!-- End Google Tag Manager(?: \(noscript\))? -->", re.S
 )
-_REWRITTEN = {"/docs.json": _model_spec, "/": _model_page}
+_REWRITTEN = {"/": _model_page}
 
 
 async def _collect(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[int, bytes]:

@@ -15,9 +15,13 @@ import onnxruntime as ort
 
 from serving.metadata import EMBEDDING_OUTPUT, LOGITS_OUTPUT, METADATA_FILE, MODEL_FILE, ModelMetadata
 from storage.errors import ModelError
-from storage.images import ImageDecodeError, normalize
+from storage.images import ImageDecodeError, declared_pixels, normalize
+from storage.limits import InputLimits
 
 MAX_BATCH = 1024
+# Above this many pixels an upload is decoded in a worker thread, off the event loop (a 50 MP
+# image takes about a second); below it, inline: the thread hop would cost more than the decode.
+INLINE_DECODE_PIXELS = 1_000_000
 ORT_THREADS_VARIABLE = "ONEBOX_ORT_THREADS"  # ONNX Runtime's threads in each worker
 
 
@@ -45,8 +49,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class OnnxPredictor:
-    def __init__(self, model_path: Path, metadata: ModelMetadata) -> None:
+    def __init__(self, model_path: Path, metadata: ModelMetadata, *, limits: InputLimits | None = None) -> None:
         self.metadata = metadata
+        self.limits = limits or InputLimits.from_environment()
         self.session = create_session(model_path)
         self.input_name = self.session.get_inputs()[0].name
         outputs = [output.name for output in self.session.get_outputs()]
@@ -93,10 +98,15 @@ class OnnxPredictor:
         """Predict one encoded image (PNG or JPEG of any size, gray or color), converted as the training data was.
 
         Raises:
-            ImageDecodeError: the bytes are not a readable image (or too many pixels for one).
+            ImageTooLargeError: its header declares more pixels than the limit (nothing decoded).
+            ImageDecodeError: the bytes are not a readable image.
         """
-        array = self.preprocessing.decode(data, source=source)
+        array = self.preprocessing.decode(data, source=source, max_pixels=self.limits.max_image_pixels)
         return self.describe(self.probabilities(array[np.newaxis])[0])
+
+    def decodes_slowly(self, data: bytes) -> bool:
+        """Whether decoding ``data`` is worth a worker thread (from its header; within the limit)."""
+        return INLINE_DECODE_PIXELS < declared_pixels(data) <= self.limits.max_image_pixels
 
     def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
         """Predict a batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray models.

@@ -24,28 +24,31 @@ stock service's CPU. So this service runs lean (measured in benchmarks/serving.p
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import BentoMLException, InvalidArgument
 from bentoml.validators import ContentType
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, RootModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.errors import UnwrapErrorMiddleware
+from serving.errors import UnwrapErrorMiddleware, quiet_client_error_tracebacks
 from serving.metadata import WORKERS_VARIABLE
 from serving.model_routes import MODEL_SCOPE_KEY, ModelRoutes, ServedModels, describe_model
 from serving.predictor import OnnxPredictor
+from serving.request_limits import RequestLimits
 from serving.uploads import UploadError, read_file_field
 from storage.errors import ModelError
-from storage.images import ImageDecodeError
+from storage.images import ImageDecodeError, ImageTooLargeError
 
 ACCESS_LOG_VARIABLE = "ONEBOX_SERVE_ACCESS_LOG"
 
@@ -119,6 +122,7 @@ class Classifier:
     """Classify images with the models in $ONEBOX_MODEL_DIR (one bundle, or several)."""
 
     def __init__(self) -> None:
+        quiet_client_error_tracebacks()
         models = ServedModels.from_environment()
         self.predictors = {name: OnnxPredictor.from_directory(bundle) for name, bundle in models.bundles.items()}
         self.default = self.predictors[models.default]
@@ -130,8 +134,13 @@ class Classifier:
     @bentoml.api(route="/predict", input_spec=ImageUpload, output_spec=Prediction)  # type: ignore[untyped-decorator, unused-ignore]
     async def predict(self, image: bytes, ctx: bentoml.Context) -> Response:
         """Upload one PNG or JPEG image (any size, gray or color); get its label and probabilities."""
+        predictor = self._predictor(ctx.request)
         try:
-            return json_response(self._predictor(ctx.request).predict_image(image, source="image"))
+            if predictor.decodes_slowly(image):  # a large image: off the event loop
+                return json_response(await asyncio.to_thread(predictor.predict_image, image, source="image"))
+            return json_response(predictor.predict_image(image, source="image"))
+        except ImageTooLargeError as error:
+            raise BentoMLException(str(error), error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
 
@@ -154,6 +163,8 @@ class Classifier:
 
 
 # The decorators turned the class into a bentoml Service, which mypy cannot see. The first
-# middleware added is the outer one: model routes see the request before the error unwrapping.
-Classifier.add_asgi_middleware(ModelRoutes)  # type: ignore[attr-defined]
+# middleware added is the outer one: every 4xx (the model routes' own included) is unwrapped and
+# logged; the request limits see the path after the model routes took the prefix off.
 Classifier.add_asgi_middleware(UnwrapErrorMiddleware)  # type: ignore[attr-defined]
+Classifier.add_asgi_middleware(ModelRoutes)  # type: ignore[attr-defined]
+Classifier.add_asgi_middleware(RequestLimits)  # type: ignore[attr-defined]

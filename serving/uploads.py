@@ -18,6 +18,12 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+# Parts one upload may have: the image and a few form fields. Starlette's parser is held to the
+# same (max_files + max_fields); 200,000 tiny parts were accepted before, each a Python object.
+MAX_FILES = 8
+MAX_FIELDS = 32
+MAX_PARTS = MAX_FILES + MAX_FIELDS
+
 
 class UploadError(ValueError):
     """The request does not carry the expected file: the message says what to send instead."""
@@ -38,8 +44,15 @@ class Part:
 
 
 def split_parts(body: bytes, boundary: bytes) -> list[Part] | None:
-    """The parts of a plain multipart/form-data body; None for anything unusual."""
-    pieces = (b"\r\n" + body).split(b"\r\n--" + boundary)
+    """The parts of a plain multipart/form-data body; None for anything unusual.
+
+    Raises:
+        UploadError: the body has more than MAX_PARTS parts (counted before any is split off).
+    """
+    delimiter = b"\r\n--" + boundary
+    if (count := body.count(delimiter) + body.startswith(delimiter[2:]) - 1) > MAX_PARTS:
+        raise UploadError(f"the multipart body has {count:,} parts; send the image with at most {MAX_PARTS} parts")
+    pieces = (b"\r\n" + body).split(delimiter)
     if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
         return None
     parts = []
@@ -94,7 +107,7 @@ async def read_file_field(request: Request, field: str) -> Upload:
 
 async def _parse_with_starlette(request: Request, field: str) -> Upload | None:
     try:
-        form = await request.form(max_files=8, max_fields=32)
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
     except (MultiPartException, HTTPException) as error:
         detail = getattr(error, "detail", None) or getattr(error, "message", None) or str(error)
         raise UploadError(f"the multipart body cannot be read ({detail})") from error

@@ -70,14 +70,22 @@ def _find_files(source: Path) -> dict[str, list[Path]]:
     return files
 
 
-def _scan(source: Path, files: dict[str, list[Path]], bad: list[str], progress: ImportProgress | None) -> list[_File]:
-    """Pass 1: hash every file and read its header; unreadable ones go to ``bad`` with the reason."""
+def _scan(
+    source: Path,
+    files: dict[str, list[Path]],
+    bad: list[str],
+    progress: ImportProgress | None,
+    *,
+    max_pixels: int,
+) -> list[_File]:
+    """Pass 1: hash every file and read its header; unreadable ones (and ones declaring more
+    than ``max_pixels`` pixels, refused before a pixel is decoded) go to ``bad`` with the reason."""
     total, done, scanned = sum(map(len, files.values())), 0, []
     for label, (class_name, paths) in enumerate(files.items()):
         for path in paths:
             try:
                 data = path.read_bytes()
-                header = read_header(data, source=str(path))
+                header = read_header(data, source=str(path), max_pixels=max_pixels)
             except ImageDecodeError as error:
                 bad.append(str(error))
             except OSError as error:
@@ -130,6 +138,7 @@ def _convert(
     progress: ImportProgress | None,
     *,
     store: bool,
+    max_pixels: int,
 ) -> list[_File]:
     """Pass 2: decode, convert and store each image, and copy its file; returns the files kept.
 
@@ -144,7 +153,7 @@ def _convert(
                 data = file.path.read_bytes()
                 if hashlib.sha256(data).digest() != file.digest:
                     raise ImageDecodeError(f"{file.path}: changed while being imported; import again")
-                image = preprocessing.decode(data, source=str(file.path))
+                image = preprocessing.decode(data, source=str(file.path), max_pixels=max_pixels)
             except ImageDecodeError as error:
                 bad.append(str(error))
             except OSError as error:
@@ -190,7 +199,7 @@ def import_folder(
     files = _find_files(source)
     classes = tuple(files)
     bad: list[str] = []
-    scanned = _scan(source, files, bad, progress)
+    scanned = _scan(source, files, bad, progress, max_pixels=settings.max_image_pixels)
     if not scanned:
         raise DatasetError(f"{source} has no readable PNG or JPEG images:\n  " + "\n  ".join(bad))
     preprocessing = preprocessing or choose_preprocessing(
@@ -209,7 +218,15 @@ def import_folder(
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{name}-{planned}-", dir=work))
         try:
-            kept = _convert(scanned, staging, preprocessing, bad, progress, store=skip_bad or not bad)
+            kept = _convert(
+                scanned,
+                staging,
+                preprocessing,
+                bad,
+                progress,
+                store=skip_bad or not bad,
+                max_pixels=settings.max_image_pixels,
+            )
             _refuse_or_list(source, bad, skip_bad=skip_bad, staging=staging)
             counts = Counter(f.label for f in kept)
             if empty := [c for index, c in enumerate(classes) if not counts[index]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast, get_args
 
@@ -16,9 +17,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from storage.errors import OneboxError, ParameterError
+from storage.limits import DEFAULT_MAX_IMAGE_PIXELS
 
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "P;L"})
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})  # PNG's 16-bit gray opens as one
+ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+# Every mode a PNG or JPEG opens in (16-bit colour PNGs open as RGB/RGBA, Adobe JPEGs as CMYK);
+# each is converted by Preprocessing.convert. Anything else is refused by name.
+KNOWN_MODES = GRAY_MODES | ALPHA_MODES | {"P", "RGB", "CMYK", "YCbCr"}
 # Images larger than this are scaled down so a CNN trains in minutes on a CPU (the default only).
 MAX_SIDE = 64
 LARGEST_SIDE = 4096  # a training resolution above this is a typo, not a plan
@@ -27,26 +33,46 @@ EXIF_ORIENTATION = 0x0112
 Resize = Literal["stretch", "crop", "pad"]
 RESIZE_POLICIES: tuple[str, ...] = get_args(Resize)
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?$")
+# Pillow warns (two lines in a server's log) from 89 megapixels; onebox's own limit
+# (ONEBOX_MAX_IMAGE_PIXELS, checked in _open) refuses such an image with a one-line error instead.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageDecodeError(OneboxError):
     """Bytes that are not a complete PNG or JPEG image."""
 
 
-def _open(data: bytes, source: str) -> Image.Image:
-    """Open (header only) and check the format; every way Pillow refuses bytes becomes one error."""
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose header declares more pixels than the limit (a server answers 413)."""
+
+
+def _too_large(source: str, width: int, height: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{source}: too many pixels: {width}x{height} is {width * height:,} pixels, the limit is "
+        f"{max_pixels:,} (ONEBOX_MAX_IMAGE_PIXELS); use a smaller image"
+    )
+
+
+def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
+    """Open (header only) and check the format and the declared size; every way Pillow refuses
+    bytes becomes one error. Nothing is decoded yet, so a decompression bomb costs nothing."""
     if not data:
         raise ImageDecodeError(f"{source}: the file is empty")
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:  # not an OSError: it must be caught by name
-        raise ImageDecodeError(f"{source}: too many pixels for an image ({error}); use a smaller image") from error
+        raise ImageTooLargeError(f"{source}: too many pixels for an image ({error}); use a smaller image") from error
     except UnidentifiedImageError as error:
         raise ImageDecodeError(f"{source}: not a PNG or JPEG image") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageDecodeError(f"{source}: not a readable image ({error})") from error
     if image.format not in SUPPORTED_FORMATS:
         raise ImageDecodeError(f"{source}: {image.format} images are not supported; use PNG or JPEG")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_large(source, width, height, max_pixels)
+    if image.mode not in KNOWN_MODES:
+        raise ImageDecodeError(f"{source}: images of mode {image.mode} are not supported; save it as RGB or gray")
     return image
 
 
@@ -59,13 +85,14 @@ class ImageHeader:
     gray: bool
 
 
-def read_header(data: bytes, *, source: str) -> ImageHeader:
+def read_header(data: bytes, *, source: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageHeader:
     """Size and colour of an image from its header only.
 
     Raises:
-        ImageDecodeError: not a PNG or JPEG, or too many pixels.
+        ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
+        ImageDecodeError: not a PNG or JPEG.
     """
-    image = _open(data, source)
+    image = _open(data, source, max_pixels)
     width, height = image.size
     try:
         if image.getexif().get(EXIF_ORIENTATION) in {5, 6, 7, 8}:  # rotated by 90 degrees on decode
@@ -75,17 +102,35 @@ def read_header(data: bytes, *, source: str) -> ImageHeader:
     return ImageHeader(width=width, height=height, gray=is_gray(image))
 
 
-def decode_image(data: bytes, *, source: str = "upload", draft: tuple[int, int] | None = None) -> Image.Image:
+def declared_pixels(data: bytes) -> int:
+    """The pixel count an image's header declares (0 when it has no readable header): cheap."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        return 0
+    return width * height
+
+
+def decode_image(
+    data: bytes,
+    *,
+    source: str = "upload",
+    draft: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Image.Image:
     """Fully decode image bytes, so truncated files fail here and not later.
 
     Args:
         draft: (width, height) the image will be reduced to; a JPEG is then decoded at the
             smallest power-of-two reduction still at least that large (much faster for photos).
+        max_pixels: the most pixels the header may declare; checked before any pixel is decoded.
 
     Raises:
+        ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
         ImageDecodeError: naming ``source`` when the bytes are not a readable image.
     """
-    image = _open(data, source)
+    image = _open(data, source, max_pixels)
     try:
         if draft is not None and image.format == "JPEG":
             width, height = draft
@@ -95,7 +140,7 @@ def decode_image(data: bytes, *, source: str = "upload", draft: tuple[int, int] 
         image.load()
         return ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{source}: too many pixels for an image ({error}); use a smaller image") from error
+        raise ImageTooLargeError(f"{source}: too many pixels for an image ({error}); use a smaller image") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageDecodeError(f"{source}: not a readable image ({error})") from error
 
@@ -120,6 +165,18 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         return Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), mode="L")
     return image
+
+
+def flatten_transparency(image: Image.Image) -> Image.Image:
+    """An image with transparency (an alpha channel, or a palette or colour key marked
+    transparent) laid over white, as a browser or an image viewer shows it. Pillow's own
+    convert("L"/"RGB") drops the alpha instead, which turns a transparent background into
+    whatever colour the hidden pixels happen to hold (often black, hiding black strokes)."""
+    if image.mode not in ALPHA_MODES and "transparency" not in image.info:
+        return image
+    gray = image.mode in ("LA", "La") or (image.mode in ("L", "P") and is_gray(image))
+    over_white = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+    return over_white.convert("L" if gray else "RGB")
 
 
 def target_size(width: int, height: int) -> tuple[int, int]:
@@ -174,7 +231,7 @@ class Preprocessing:
 
     def convert(self, image: Image.Image) -> np.ndarray:
         """A decoded image as uint8 (channels, height, width)."""
-        converted = to_eight_bit(image).convert("L" if self.channels == 1 else "RGB")
+        converted = flatten_transparency(to_eight_bit(image)).convert("L" if self.channels == 1 else "RGB")
         size = (self.width, self.height)
         if converted.size != size:
             if self.resize == "crop":
@@ -188,14 +245,15 @@ class Preprocessing:
             return array[np.newaxis, :, :]
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
-    def decode(self, data: bytes, *, source: str = "upload") -> np.ndarray:
+    def decode(self, data: bytes, *, source: str = "upload", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
         """Image bytes as uint8 (channels, height, width).
 
         Raises:
+            ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
             ImageDecodeError: the bytes are not a readable PNG or JPEG.
         """
         draft = (self.width, self.height) if self.jpeg_draft else None
-        return self.convert(decode_image(data, source=source, draft=draft))
+        return self.convert(decode_image(data, source=source, draft=draft, max_pixels=max_pixels))
 
     def resized(self, *, image_size: tuple[int, int] | None = None, resize: Resize | None = None) -> Preprocessing:
         """The same conversion at another (height, width) and/or resize policy: a run's own choice."""

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS, InputLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ONEBOX_", env_file=".env", extra="ignore")
@@ -44,6 +46,17 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Worker processes of each served model but the default one (each costs memory all the time).",
+    )
+    # What one input may cost (storage/limits.py): checked from headers, before decoding or parsing.
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="The most pixels an image may declare (width x height), at serving and at import.",
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="The largest request body a model server (and the gateway) accepts, in bytes.",
     )
     # The appliance (docker compose): images, ports published on `bind`, the compose project.
     base_image: str = Field(default="python:3.11-slim", description="Base of every image; bootstrapped if unreachable.")
@@ -160,6 +173,11 @@ class Settings(BaseSettings):
     def compose_dir(self) -> Path:
         """The appliance's persisted state: which image each color runs, which color is live."""
         return self.home / "compose"
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """The limits a model server applies, as it reads them from its environment."""
+        return InputLimits(max_image_pixels=self.max_image_pixels, max_body_bytes=self.max_body_bytes)
 
     @property
     def serve_url(self) -> str:

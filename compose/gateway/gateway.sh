@@ -19,6 +19,9 @@ set -eu
 template=/etc/onebox/nginx.conf.template
 conf=/tmp/onebox/nginx.conf
 listen="${ONEBOX_GATEWAY_LISTEN:-127.0.0.1:3000}"
+# The model servers' body limit (storage/limits.py): a whole number of bytes, else the default.
+max_body="${ONEBOX_MAX_BODY_BYTES:-26214400}"
+case "$max_body" in ""|*[!0-9]*) max_body=26214400 ;; esac
 NGINX_FILES="upstreams.conf routes.conf"
 SITE_FILES="index.html index.json"
 
@@ -87,7 +90,7 @@ apply() {
 case "${1:-run}" in
   run)
     mkdir -p /tmp/onebox/body /tmp/onebox/proxy /state/nginx /state/live /state/site /state/incoming
-    sed -e "s|@LISTEN@|$(listen_directive)|" "$template" > "$conf"
+    sed -e "s|@LISTEN@|$(listen_directive)|" -e "s|@MAX_BODY@|$max_body|g" "$template" > "$conf"
     [ -f /state/nginx/routes.conf ] || cp /etc/onebox/no-models.conf /state/nginx/routes.conf
     [ -f /state/nginx/upstreams.conf ] || : > /state/nginx/upstreams.conf
     # A gateway of an earlier onebox (one model) kept its color in /state/live-COLOR or

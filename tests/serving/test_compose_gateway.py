@@ -110,6 +110,9 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
     assert blue["profiles"] == ["model-digits-blue"]  # started on its own, by its own name
     assert blue["networks"]["default"]["ipv4_address"] == "10.99.0.253"
     assert blue["environment"]["ONEBOX_SERVE_WORKERS"] == "2"
+    # The input limits come from the settings compose runs with (storage/limits.py), defaulted.
+    assert blue["environment"]["ONEBOX_MAX_BODY_BYTES"] == "${ONEBOX_MAX_BODY_BYTES:-26214400}"
+    assert blue["environment"]["ONEBOX_MAX_IMAGE_PIXELS"] == "${ONEBOX_MAX_IMAGE_PIXELS:-50000000}"
     cats = services["model-cats.v2-green"]
     assert cats["networks"]["default"]["ipv4_address"] == "10.99.0.252"
     assert cats["environment"]["ONEBOX_SERVE_WORKERS"] == "1"

@@ -156,6 +156,8 @@ def test_the_index_page_in_chromium_lists_both_models_with_working_links(two_mod
         page.wait_until("document.querySelector('.info .description')", what="the Swagger page's spec")
         # BentoML's stylesheet hides the title; the description names the model to people.
         assert page.evaluate("document.querySelector('.info .title').textContent").split() == [
+            "onebox",
+            "model",
             "colors",
             "1",
             "OAS",
@@ -176,7 +178,7 @@ def test_try_it_out_on_a_models_swagger_page_posts_to_its_own_route(two_models: 
         description = page.wait_until("document.querySelector('.info .description')?.innerText", what="the spec")
         assert "colors v1" in description
         assert "red, green, blue" in description
-        predict = "document.querySelector('.opblock-post[id$=\"_predict\"]')"  # not /predict_batch
+        predict = "document.querySelector('.opblock-post[id$=\"-predict\"]')"  # not /predict_batch
         page.wait_until(predict, what="POST /predict on the page")
         page.evaluate(f"{predict}.querySelector('.opblock-summary-control').click()")
         page.wait_until("document.querySelector('.try-out__btn')", what="the Try it out button")
