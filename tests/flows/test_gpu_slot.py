@@ -42,19 +42,6 @@ HOLDING, WAITING, RECOVERED = f"holding a {GPU_LIMIT!r} slot", "waiting for a sl
 LINE_TIMEOUT_S = 420.0  # a training's start is 10-40 s of imports on 2 busy cores
 
 
-STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_training_outlives_its_test() -> Iterator[None]:
-    yield
-    while STARTED:  # a test that failed half-way leaves its trainings running
-        process = STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=60)
-
-
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Settings]:
     """A home with a small dataset, free ports and its own local Prefect server (stopped afterwards)."""
@@ -110,6 +97,19 @@ class Training:
         return killed_at
 
 
+STARTED: list[Training] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_training_outlives_its_test() -> Iterator[None]:
+    yield
+    while STARTED:  # a test that failed half-way leaves its trainings running
+        training = STARTED.pop()
+        if training.process.poll() is None:
+            training.kill()
+            print(f"killed a training left running; its output:\n{training.output[-3000:]}")
+
+
 def train(settings: Settings, *options: str) -> Training:
     """``onebox train`` on ``settings``' home and runtime (the appliance's settings are in this environment)."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
@@ -130,8 +130,8 @@ def train(settings: Settings, *options: str) -> Training:
         # Ctrl-C reaches it as at a terminal: a process started in the background inherits SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    STARTED.append(process)
     training = Training(process)
+    STARTED.append(training)
 
     def read() -> None:
         assert process.stdout is not None

@@ -21,6 +21,7 @@ from tests.flows.test_gpu_slot import (
     RECOVERED,
     SHORT,
     WAITING,
+    _no_training_outlives_its_test,  # noqa: F401  (autouse: a failed test leaves no training running)
     active_slots,
     assert_settled,
     expire_a_dead_holders_lease,
@@ -28,7 +29,7 @@ from tests.flows.test_gpu_slot import (
     train,
 )
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]  # the stack's start counts too
 
 
 @pytest.fixture(scope="module")
