@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]  
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     with isolated_appliance(tmp_path_factory) as settings:
-        ComposeRuntime(settings).up()
+        ComposeRuntime(settings).up(timeout_s=900)  # a busy machine: the stack took over 300 s here
         generated_dataset(settings, tmp_path_factory.mktemp("squares"), classes=3, per_class=14, side=8)
         yield settings
 
