@@ -8,16 +8,18 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
-from flows import promote, steps, tracking, train
-from flows.deployments import GPU_LIMIT, ensure_gpu_limit
+from flows import abandoned, live_runs, promote, steps, tracking, train
+from flows.gpu_slot import SlotWaitInterruptedError, hold_gpu_slot
 from flows.parameters import TrainingParameters, flat_parameters
 from flows.run_record import RunSummary
-from storage.settings import get_settings
+from storage.settings import Settings, get_settings
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,22 @@ class PipelineResult:
 def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
     """Train, evaluate, export, register and (if better) deploy an image classifier."""
     settings = get_settings()
+    # This training's locked record: if the process dies, the next training sees it and releases
+    # what it held. Trainings that died before are settled first.
+    with live_runs.claim(settings, flow_run_id=flow_run.id, flow_run_name=flow_run.name or "") as live:
+        for dead in abandoned.recover_killed_trainings(settings):
+            print(f"{dead.describe()} died without ending: its slot and runs are released and marked crashed")
+        try:
+            return _train(settings, parameters, live)
+        except (KeyboardInterrupt, SlotWaitInterruptedError) as interrupted:
+            # Ctrl-C is the user's stop, not a failure: the flow run ends Cancelled with one line
+            # (a returned state is final; a raised one gets a traceback in the log). Callers get
+            # Prefect's CancelledRun.
+            reason = str(interrupted) or "interrupted (Ctrl-C)"
+            return cast(PipelineResult, Cancelled(message=reason))
+
+
+def _train(settings: Settings, parameters: TrainingParameters, live: live_runs.LiveTraining) -> PipelineResult:
     name = parameters.model_name
     train.resolve_device(parameters.device)  # fail before any work when CUDA was asked for and is missing
     data = steps.prepare_data(settings, parameters.dataset, parameters.dataset_version, parameters.seed)
@@ -70,20 +88,16 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
         checkpoint = steps.resume_mlflow_run(settings, run_id, data, parameters)
     else:
         run_id = steps.start_mlflow_run(settings, data, parameters.seed, name)
-    failed = True
+    live.update(mlflow_run_id=run_id)
+    failed, interrupted = True, False
     try:
         # One slot of the `gpu` limit per training: two runs started together train one after
         # the other. Serving never takes a slot.
-        ensure_gpu_limit()
-        logger = get_run_logger()
-        logger.info("waiting for a slot of the %r concurrency limit", GPU_LIMIT)
-        with concurrency(GPU_LIMIT, occupy=1, strict=True):
-            logger.info("holding a %r slot: training", GPU_LIMIT)
+        with hold_gpu_slot(settings, live, say=get_run_logger().info):
             training = steps.train_model(settings, run_id, data, model, parameters, checkpoint)
             evaluation = steps.evaluate_model(data, training)
             training.model.cpu()  # export and serving work on CPU; the GPU is free for the next run
             train.release_gpu_memory()
-        logger.info("released the %r slot", GPU_LIMIT)
         with tempfile.TemporaryDirectory(prefix="onebox-export-") as folder:
             check = steps.export_model(data, training, Path(folder))
             model_uri = steps.log_run(
@@ -99,8 +113,11 @@ def training_pipeline(parameters: TrainingParameters) -> PipelineResult:
         tracking.log_outcome(settings, run_id, metrics={"promoted": float(served_url is not None)}, tags={})
         steps.write_report(settings, name, run_id, evaluation, decision, served_url)
         failed = False
+    except (KeyboardInterrupt, SlotWaitInterruptedError):
+        interrupted = True
+        raise
     finally:
-        tracking.end_run(settings, run_id, failed=failed)
+        tracking.end_run(settings, run_id, failed=failed, killed=interrupted)
     return PipelineResult(
         run_id=run_id,
         model_name=name,

@@ -27,6 +27,13 @@ from storage.settings import Settings
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 180.0  # it became healthy in 7-14 s on 2 cores; far longer on a busy machine
+# Concurrency leases (the `gpu` slot, flows/gpu_slot.py) kept on disk, so a server restarted while
+# a training holds one still expires it (in memory, the slot stayed taken for good), and looked
+# for every 5 s instead of 15. The appliance's server gets the same (docker-compose.yml).
+LEASE_SETTINGS = {
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
+}
 
 
 class PrefectServerError(ServingError):
@@ -95,6 +102,7 @@ class LocalPrefectServer:
                     "PREFECT_HOME": str(self.settings.prefect_home),
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "DO_NOT_TRACK": "true",
+                    **LEASE_SETTINGS,
                 }
             )
             prefect = Path(sys.executable).with_name("prefect")

@@ -38,13 +38,17 @@ def online_workers() -> list[str]:
     """Names of workers that polled the `onebox` pool recently."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import WorkerStatus
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     with get_client(sync_client=True) as client:
         try:
             workers = client.read_workers_for_work_pool(WORK_POOL)
         except ObjectNotFound:
             return []
+        except PrefectHTTPStatusError as error:  # this call reports a missing pool as a plain 404
+            if error.response.status_code == 404:
+                return []
+            raise
     fresh_since = datetime.now(UTC) - WORKER_FRESH
     return [
         worker.name

@@ -107,10 +107,12 @@ def reopen_run(settings: Settings, run_id: str, *, tags: dict[str, str]) -> None
         client.set_tag(run_id, key, value)
 
 
-def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:
+def end_run(settings: Settings, run_id: str, *, failed: bool, killed: bool = False) -> None:
+    """End the run FINISHED, FAILED, or KILLED (stopped by the user: Ctrl-C)."""
     from mlflow import MlflowClient
 
-    MlflowClient(settings.mlflow_tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    status = "KILLED" if killed else "FAILED" if failed else "FINISHED"
+    MlflowClient(settings.mlflow_tracking_uri).set_terminated(run_id, status)
 
 
 def onnx_signature(image_shape: tuple[int, int, int], num_classes: int, embedding_size: int = 0) -> Any:

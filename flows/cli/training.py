@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from storage.settings import Settings
 
 app = typer.Typer()
+INTERRUPTED = 130  # the shell's exit status for a command ended by SIGINT
 
 # Flags that are not the field's name spelled with dashes.
 OPTION_NAMES = {"learning_rate": "--lr", "deploy": "--deploy/--no-deploy", "model_hyperparameters": "--hp"}
@@ -72,7 +73,7 @@ def run_pipeline(parameters: TrainingParameters) -> PipelineResult:
     from flows.prefect_server import use_local_prefect_server
 
     server = use_local_prefect_server(get_settings())  # starts while Prefect and torch are imported
-    from prefect.exceptions import ParameterTypeError
+    from prefect.exceptions import CancelledRun, ParameterTypeError
 
     from flows.pipeline import training_pipeline
 
@@ -83,6 +84,10 @@ def run_pipeline(parameters: TrainingParameters) -> PipelineResult:
         result: PipelineResult = training_pipeline(**parameters.model_dump())
     except ParameterTypeError as error:
         raise fail(f"invalid parameter: {error}", code=2) from error
+    except CancelledRun as cancelled:  # Ctrl-C inside the flow: its runs are marked, its slot released
+        raise fail(f"{cancelled}; the flow run is cancelled", code=INTERRUPTED) from None
+    except KeyboardInterrupt:  # Ctrl-C before the flow began or after it ended
+        raise fail("interrupted (Ctrl-C)", code=INTERRUPTED) from None
     return result
 
 
