@@ -72,7 +72,7 @@ def model_service_definition(
     """One color's service; with ``settings``, it writes the prediction log into the host's home."""
     # One worker: one process, without BentoML's supervisor (serving/single_process.py).
     single = {"command": ["python3", "-m", "serving.single_process"]} if model.workers == 1 else {}
-    logged = {**log_environment(settings), LOG_DIR_VARIABLE: CONTAINER_LOG_DIR} if settings else {}
+    logged = {**log_environment(settings.environment()), LOG_DIR_VARIABLE: CONTAINER_LOG_DIR} if settings else {}
     return {
         "image": model.image(color),
         **single,

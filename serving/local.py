@@ -143,7 +143,7 @@ class LocalRuntime:
             SERVER_TAG_VARIABLE: str(self.state_path),
             "BENTOML_DO_NOT_TRACK": "true",
             # The settings object's values, not the environment's: a caller may have made its own.
-            **log_environment(self.settings),
+            **log_environment(self.settings.environment()),
             LOG_DIR_VARIABLE: str(self.settings.predictions_dir),
         }
         env.pop(DEFAULT_MODEL_VARIABLE, None)

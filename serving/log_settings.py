@@ -13,12 +13,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from storage.errors import ModelError
-
-if TYPE_CHECKING:  # the runtimes that call log_environment have pydantic-settings; the server does not
-    from storage.settings import Settings
 
 LOG_DIR_VARIABLE = "ONEBOX_PREDICTION_LOG_DIR"  # the log's root: $ONEBOX_HOME/predictions, or the container's mount
 SETTINGS_PREFIX = "ONEBOX_"
@@ -76,9 +73,10 @@ def _parse(name: str, raw: str, kind: type) -> Any:
         raise ModelError(f"{name} is {raw!r}: give a {kind.__name__}") from None
 
 
-def log_environment(settings: Settings) -> dict[str, str]:
-    """The log's settings as the model server reads them (every field but the folder, which the
-    runtime names: the container sees another path than the host)."""
-    values = settings.environment()
-    names = [spec.name for spec in fields(PredictionLogConfig) if spec.name != "directory"]
-    return {f"{SETTINGS_PREFIX}{name.upper()}": values[f"{SETTINGS_PREFIX}{name.upper()}"] for name in names}
+def log_environment(settings_environment: Mapping[str, str]) -> dict[str, str]:
+    """The log's settings out of ``Settings.environment()``, as a model server reads them: every
+    field but the folder, which the runtime names (the container sees another path than the host)."""
+    names = [
+        f"{SETTINGS_PREFIX}{spec.name.upper()}" for spec in fields(PredictionLogConfig) if spec.name != "directory"
+    ]
+    return {name: settings_environment[name] for name in names}

@@ -135,7 +135,7 @@ def test_a_request_id_that_is_not_sane_is_replaced(server: LocalRuntime, sent: s
     answer = httpx.post(
         f"{url(server, 'digits')}/predict",
         files={"image": ("i.png", image, "image/png")},
-        headers={"X-Request-ID": sent.encode()},  # type: ignore[dict-item]  # raw bytes, as a hostile client sends
+        headers={b"X-Request-ID": sent.encode()},  # raw bytes, as a hostile client sends them
     )
     assert answer.status_code == 200
     assert answer.headers["X-Request-ID"] != sent
