@@ -29,6 +29,10 @@ MB = 1024 * 1024
 LOW_WATER = 0.9
 STAGING_PREFIX = "."  # an image being written: ".SHA.EXT.PID.tmp", renamed when whole
 STALE_STAGING_S = 3600.0  # a staging file this old was left by a writer that died
+# An input seen again within this long is not touched again: a popular image would cost a
+# syscall per request otherwise. "Least recently seen" is exact to this much.
+TOUCH_INTERVAL_S = 60.0
+RECENT_MAX = 10000  # digests remembered as recently touched, at most
 
 
 def _files(folder: Path) -> list[tuple[float, int, Path]]:
@@ -68,6 +72,8 @@ class KeptInputs:
         self.max_bytes = max_bytes
         self.days = days
         self.sizes: dict[str, int] = {}  # bytes kept per model, as last counted plus what was added since
+        self.folders: set[Path] = set()  # made already (a deletion never removes a folder)
+        self.recent: dict[tuple[str, str], tuple[float, str]] = {}  # (model, digest): when touched, path
 
     def keep(self, model: str, sha256: str, extension: str, encoded: Callable[[], bytes]) -> str | None:
         """Keep one input; returns its path relative to the model's folder, None when it is not kept
@@ -76,10 +82,17 @@ class KeptInputs:
         Raises:
             OSError: the folder cannot be written (the caller counts the input as not kept).
         """
+        now = time.monotonic()
+        recent = self.recent.get((model, sha256))
+        if recent is not None and now - recent[0] < TOUCH_INTERVAL_S:
+            return recent[1]
         path = image_path(self.predictions_dir, model, sha256, extension)
-        relative = path.relative_to(model_log_dir(self.predictions_dir, model)).as_posix()
+        relative = f"{IMAGES_FOLDER}/{path.parent.name}/{path.name}"  # below the model's folder
+        if len(self.recent) >= RECENT_MAX:
+            self.recent.clear()
         try:
             os.utime(path)  # seen again: it stays among the newest
+            self.recent[(model, sha256)] = (now, relative)
             return relative
         except FileNotFoundError:
             pass
@@ -88,7 +101,9 @@ class KeptInputs:
             return None
         if model not in self.sizes:
             self.enforce(model)  # the first image since this writer started: count what is there
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self.folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.folders.add(path.parent)
         staging = path.with_name(f"{STAGING_PREFIX}{path.name}.{os.getpid()}.tmp")
         try:
             staging.write_bytes(data)
@@ -96,6 +111,7 @@ class KeptInputs:
         finally:
             staging.unlink(missing_ok=True)
         self.sizes[model] = self.sizes.get(model, 0) + len(data)
+        self.recent[(model, sha256)] = (now, relative)
         if self.sizes[model] > self.max_bytes:
             self.enforce(model)
         return relative
@@ -105,6 +121,7 @@ class KeptInputs:
         until they fit in the cap; returns how many were deleted."""
         now = time.time() if now is None else now
         oldest_allowed = now - self.days * 86400
+        self.recent.clear()  # what it deletes must not be taken as kept
         files = sorted(_files(model_log_dir(self.predictions_dir, model) / IMAGES_FOLDER))
         total = sum(size for _, size, _ in files)
         target = _target(total, self.max_bytes)

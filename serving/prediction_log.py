@@ -286,8 +286,17 @@ class PredictionLog:
             logger.warning("%s (counted in /metadata prediction_log)", message)
 
 
+# The signatures of the formats people upload: read from the first bytes, no decoder needed.
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"))
+
+
 def _upload_extension(data: bytes) -> str:
     """The file extension of an upload's own format (it decoded as an image already)."""
+    for signature, extension in SIGNATURES:
+        if data.startswith(signature):
+            return extension
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
     from PIL import Image
 
     try:
