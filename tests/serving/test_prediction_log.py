@@ -278,3 +278,68 @@ def test_a_sigkilled_server_leaves_readable_records(capped: LocalRuntime) -> Non
     for path in record_files(capped.settings.predictions_dir, "digits"):
         if path.name != "old-writer.jsonl":  # the seeded file
             assert all(line.startswith("{") and line.endswith("}") for line in path.read_text().splitlines()[:-1])
+
+
+def test_many_clients_at_once_lose_no_record_below_the_queue_bound(server: LocalRuntime) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = log_stats(server, "digits")
+    image = png_bytes(lit_pixel(DIGITS_SHAPE, 6))
+    with ThreadPoolExecutor(16) as clients:
+        answers = list(
+            clients.map(lambda index: upload(url(server, "digits"), image, request_id=f"many-{index}"), range(200))
+        )
+    assert [answer.status_code for answer in answers] == [200] * 200
+    records_of(server, "digits", "many-199", 1)
+
+    def all_written() -> dict[str, Any]:
+        stats = log_stats(server, "digits")
+        if stats["written"] - before["written"] < 200:
+            raise NotYet(str(stats))
+        return stats
+
+    stats = wait_for(all_written, timeout_s=60, what="200 records written")
+    assert stats["dropped"] == before["dropped"] == 0
+    logged = {r.request_id for r in read_records(server.settings.predictions_dir, "digits")}
+    assert {f"many-{index}" for index in range(200)} <= logged
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 KB file system where the home's prediction log goes (root only: a real full disk)."""
+    import subprocess
+
+    mount_point = tmp_path / "home" / "predictions"
+    mount_point.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount_point)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_fails_no_request_and_is_counted(tmp_path: Path, tiny_disk: Path) -> None:
+    runtime = serve(tmp_path)
+    try:
+        rng = np.random.default_rng(3)
+        for index in range(80):  # about 800 bytes of image and 1 KB of record each: 48 KB fill up
+            noise = png_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+            answer = upload(url(runtime, "colors"), noise, request_id=f"full-{index}")
+            assert answer.status_code == 200, answer.text
+
+        def full() -> dict[str, Any]:
+            stats = log_stats(runtime, "colors")
+            if not stats["queued"] and "No space left" in stats["last_error"]:
+                return stats
+            raise NotYet(str(stats))
+
+        stats = wait_for(full, timeout_s=60, what="the full disk to be counted")
+        assert stats["dropped_unwritable"] + stats["inputs_not_kept"] > 0
+        assert stats["written"] + stats["dropped"] == 80 + 1  # every record accounted for (and the smoke one)
+        assert upload(url(runtime, "digits"), png_bytes(lit_pixel(DIGITS_SHAPE, 1))).status_code == 200
+    finally:
+        runtime.stop()
