@@ -343,3 +343,15 @@ def test_a_full_disk_fails_no_request_and_is_counted(tmp_path: Path, tiny_disk: 
         assert upload(url(runtime, "digits"), png_bytes(lit_pixel(DIGITS_SHAPE, 1))).status_code == 200
     finally:
         runtime.stop()
+
+
+def test_a_server_stopped_right_after_answering_writes_what_it_had_queued(tmp_path: Path) -> None:
+    runtime = serve(tmp_path)
+    try:
+        for index in range(30):
+            image = png_bytes(lit_pixel(DIGITS_SHAPE, index % 10))
+            assert upload(url(runtime, "digits"), image, request_id=f"last-{index}").status_code == 200
+    finally:
+        runtime.stop()  # SIGTERM at once: the writer flushes its queue on the way out
+    logged = {r.request_id for r in read_records(runtime.settings.predictions_dir, "digits")}
+    assert {f"last-{index}" for index in range(30)} <= logged
