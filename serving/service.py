@@ -20,6 +20,8 @@ stock service's CPU. So this service runs lean (measured in benchmarks/serving.p
   pydantic; answers are serialized once, as JSON, not validated again on the way out.
 - ``ONEBOX_SERVE_WORKERS`` worker processes (default 2); uvloop and httptools (installed with
   the service) replace the pure-Python event loop and HTTP parser.
+- every prediction is logged (serving/prediction_log.py), but all a request does for it is hand
+  its arrays and bytes to a queue: the JSON, digests, PNGs and files are a thread's work.
 """
 
 from __future__ import annotations
