@@ -355,3 +355,9 @@ def test_a_server_stopped_right_after_answering_writes_what_it_had_queued(tmp_pa
         runtime.stop()  # SIGTERM at once: the writer flushes its queue on the way out
     logged = {r.request_id for r in read_records(runtime.settings.predictions_dir, "digits")}
     assert {f"last-{index}" for index in range(30)} <= logged
+
+
+def test_the_openapi_description_says_where_the_drops_are_shown(server: LocalRuntime) -> None:
+    spec = httpx.get(f"{url(server, 'digits')}/docs.json").json()
+    assert "prediction_log" in spec["info"]["description"]
+    assert "X-Request-ID" in spec["info"]["description"]
