@@ -86,6 +86,7 @@ class PredictionLog:
         self._stopping = False
         self._warned: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        self.writer_cpu_s = 0.0  # the writer thread's CPU time so far (what the log costs, beside the queue)
         directory = self.config.directory or Path()
         self.inputs = KeptInputs(
             directory, max_bytes=int(self.config.kept_inputs_max_mb * MB), days=self.config.prediction_log_days
@@ -148,6 +149,7 @@ class PredictionLog:
             "writer": self.writer,
             "queue_bound": self.config.prediction_log_queue,
             "queued": self._queued,
+            "writer_cpu_s": round(self.writer_cpu_s, 3),
             "dropped": dropped,
             **counts,
         }
@@ -192,6 +194,7 @@ class PredictionLog:
             finally:
                 with self._lock:
                     self._queued -= sum(len(pending.probabilities) for pending in taken)
+                self.writer_cpu_s = time.thread_time()
             if stopping:
                 return
 
