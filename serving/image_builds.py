@@ -34,9 +34,12 @@ SERVING_FILES = (
     "serving/errors.py",
     "serving/health.py",
     "serving/index_page.py",
+    "serving/log_retention.py",
+    "serving/log_settings.py",
     "serving/metadata.py",
     "serving/model_routes.py",
     "serving/openapi.py",
+    "serving/prediction_log.py",
     "serving/predictor.py",
     "serving/request_limits.py",
     "serving/service.py",
@@ -47,6 +50,7 @@ SERVING_FILES = (
     "storage/errors.py",
     "storage/images.py",
     "storage/limits.py",
+    "storage/prediction_log.py",
 )
 
 

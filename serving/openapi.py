@@ -24,6 +24,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _logged(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A prediction's answer: JSON, and the id it has in the prediction log."""
+    request_id = {
+        "description": "The prediction's id in the log: the client's own X-Request-ID when it sent a sane one.",
+        "schema": {"type": "string"},
+    }
+    return {**_json(schema, description), "headers": {"X-Request-ID": request_id}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     described = {
         400: "The input is not usable: the error says what is wrong and what to send instead.",
@@ -97,6 +106,13 @@ def _components() -> dict[str, Any]:
             "classes": {"type": "array", "items": {"type": "string"}},
             "image_shape": {"type": "array", "items": {"type": "integer"}, "description": "Channels, height, width."},
             "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+            "prediction_log": {
+                "type": "object",
+                "required": ["enabled"],
+                "properties": {"enabled": {"type": "boolean"}, "dropped": {"type": "integer"}},
+                "description": "What the answering worker logged of this model's predictions since it started: "
+                "records written, dropped (queue full, folder unwritable), inputs kept. Never a failed request.",
+            },
         },
     }
     return {"schemas": {"Prediction": prediction, "Error": error, "Metadata": metadata}}
@@ -132,7 +148,7 @@ def model_spec(meta: ModelMetadata, *, description: str, prefix: str | None = No
                         }
                     },
                 },
-                "responses": {"200": _json(prediction, "The image's label and probabilities."), **_errors(400, 413)},
+                "responses": {"200": _logged(prediction, "The image's label and probabilities."), **_errors(400, 413)},
             }
         },
         "/predict_batch": {
@@ -143,7 +159,7 @@ def model_spec(meta: ModelMetadata, *, description: str, prefix: str | None = No
                 "operationId": "predict_batch",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _batch_schema(meta)}}},
                 "responses": {
-                    "200": _json({"type": "array", "items": prediction}, "One answer per image, in order."),
+                    "200": _logged({"type": "array", "items": prediction}, "One answer per image, in order."),
                     **_errors(400, 413),
                 },
             }
@@ -152,7 +168,8 @@ def model_spec(meta: ModelMetadata, *, description: str, prefix: str | None = No
             "get": {
                 "tags": ["Model"],
                 "summary": "Which model answers",
-                "description": "Name, version, MLflow run id, dataset version and test metrics of the model.",
+                "description": "Name, version, MLflow run id, dataset version and test metrics of the model, and "
+                "what the prediction log recorded.",
                 "operationId": "metadata",
                 "responses": {"200": _json({"$ref": "#/components/schemas/Metadata"}, "The model's metadata.")},
             }

@@ -94,22 +94,23 @@ class OnnxPredictor:
             "model_version": self.metadata.model_version,
         }
 
-    def predict_image(self, data: bytes, *, source: str = "image") -> dict[str, Any]:
-        """Predict one encoded image (PNG or JPEG of any size, gray or color), converted as the training data was.
+    def decode(self, data: bytes, *, source: str = "image") -> np.ndarray:
+        """One encoded image (PNG or JPEG of any size, gray or color) as the model's uint8 input
+        (1, C, H, W), converted as the training data was.
 
         Raises:
             ImageTooLargeError: its header declares more pixels than the limit (nothing decoded).
             ImageDecodeError: the bytes are not a readable image.
         """
-        array = self.preprocessing.decode(data, source=source, max_pixels=self.limits.max_image_pixels)
-        return self.describe(self.probabilities(array[np.newaxis])[0])
+        return self.preprocessing.decode(data, source=source, max_pixels=self.limits.max_image_pixels)[np.newaxis]
 
     def decodes_slowly(self, data: bytes) -> bool:
         """Whether decoding ``data`` is worth a worker thread (from its header; within the limit)."""
         return INLINE_DECODE_PIXELS < declared_pixels(data) <= self.limits.max_image_pixels
 
-    def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """Predict a batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray models.
+    def check_arrays(self, images: np.ndarray) -> np.ndarray:
+        """A batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray
+        models, as the model's uint8 input (N, C, H, W).
 
         Raises:
             InputError: the shape or values do not fit the model.
@@ -126,5 +127,22 @@ class OnnxPredictor:
             raise InputError("images must hold finite numbers (pixel values 0-255)")
         if images.min() < 0 or images.max() > 255:
             raise InputError(f"pixel values must lie in 0-255; got {float(images.min())} to {float(images.max())}")
-        pixels = np.rint(images).astype(np.uint8)
-        return [self.describe(row) for row in self.probabilities(pixels)]
+        pixels: np.ndarray = np.rint(images).astype(np.uint8)
+        return pixels
+
+    def predict_image(self, data: bytes, *, source: str = "image") -> dict[str, Any]:
+        """Predict one encoded image (PNG or JPEG of any size, gray or color), converted as the training data was.
+
+        Raises:
+            ImageTooLargeError: its header declares more pixels than the limit (nothing decoded).
+            ImageDecodeError: the bytes are not a readable image.
+        """
+        return self.describe(self.probabilities(self.decode(data, source=source))[0])
+
+    def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Predict a batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray models.
+
+        Raises:
+            InputError: the shape or values do not fit the model.
+        """
+        return [self.describe(row) for row in self.probabilities(self.check_arrays(images))]
