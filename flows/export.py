@@ -15,7 +15,6 @@ import onnx
 import torch
 from torch import nn
 
-from flows.prepare import evaluation_batch_size
 from serving.predictor import create_session
 from storage.errors import ModelError
 from storage.images import normalize
@@ -128,16 +127,9 @@ def check_export(model: nn.Module, onnx_path: Path, images: np.ndarray, *, repea
     model = model.to("cpu").eval()
     session = create_session(onnx_path)
     inputs = normalize(images)
-    # In evaluation-sized batches: 256 images at 224x224 in one pass held over 1.5 GB of
-    # activations in torch, and as much again in ONNX Runtime's arena, which keeps what it grew to.
-    step = evaluation_batch_size(images.shape[1:])
     with torch.no_grad():
-        torch_logits = np.concatenate(
-            [model(torch.from_numpy(inputs[start : start + step])).numpy() for start in range(0, len(inputs), step)]
-        )
-    onnx_logits = np.concatenate(
-        [session.run(None, {"images": inputs[start : start + step]})[0] for start in range(0, len(inputs), step)]
-    )
+        torch_logits = model(torch.from_numpy(inputs)).numpy()
+    onnx_logits = session.run(None, {"images": inputs})[0]
     if onnx_logits.shape != torch_logits.shape:
         raise ModelError(
             f"the ONNX export returns shape {onnx_logits.shape} where torch returns {torch_logits.shape}; "

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional
 
 from flows.export import check_export, export_onnx
-from flows.prepare import evaluation_batch_size
 from storage.errors import ModelError
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (6, 1, 4, 4), dtype=np.uint8)
@@ -49,34 +47,6 @@ class ExportsSomethingElse(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # not named "images": export goes by position
         logits: torch.Tensor = self.fc(x.flatten(1))
         return logits + 0.5 if torch.compiler.is_exporting() else logits
-
-
-class DiffersOnBrightImages(nn.Module):
-    """Exported, it answers otherwise for an image with a white pixel: a difference in one image only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3 * 4 * 4, 3)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.fc(functional.adaptive_avg_pool2d(images, 4).flatten(1))
-        if torch.compiler.is_exporting():
-            return logits + 0.5 * (images.amax(dim=(1, 2, 3)) > 0.99).unsqueeze(1)
-        return logits
-
-
-def test_a_difference_past_the_first_batch_is_found_and_named(tmp_path: Path) -> None:
-    # Large images are compared a bounded batch at a time: the image named is the whole sample's.
-    shape = (3, 224, 224)
-    images = np.zeros((40, *shape), dtype=np.uint8)
-    images[30, 0, 5, 5] = 255
-    assert evaluation_batch_size(shape) < 30
-    model = DiffersOnBrightImages()
-    path = export_onnx(model, tmp_path / "model.onnx", input_shape=shape)
-    with pytest.raises(ModelError, match="first at test image 30, logit 0"):
-        check_export(model, path, images, repeats=1)
-    images[30] = 0
-    assert check_export(model, path, images, repeats=1).max_abs_logit_diff < 1e-5
 
 
 def test_a_faithful_export_passes_with_its_figures(tmp_path: Path) -> None:
