@@ -189,11 +189,12 @@ def measure_throughput(
     }
 
 
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """(summed RSS, summed PSS) of ``pid`` and its descendants.
+def _tree_memory(pid: int) -> tuple[int, int, int]:
+    """(summed RSS, summed PSS, the largest single RSS) of ``pid`` and its descendants.
 
     RSS counts the pages a forked loader worker shares with its parent twice; PSS (Linux) splits
     shared pages between the processes that map them, so its sum is what the tree really holds.
+    The largest single RSS is what ``ps`` or ``top`` shows for the training process.
     """
     import psutil
 
@@ -201,14 +202,15 @@ def _tree_memory(pid: int) -> tuple[int, int]:
         process = psutil.Process(pid)
         tree = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0, 0
-    rss = pss = 0
+        return 0, 0, 0
+    rss = pss = largest = 0
     for member in tree:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             info = member.memory_full_info()
             rss += info.rss
             pss += getattr(info, "pss", info.rss)
-    return rss, pss
+            largest = max(largest, info.rss)
+    return rss, pss, largest
 
 
 def measure_memory(
@@ -226,13 +228,13 @@ def measure_memory(
             f"_train_one_epoch(sys.argv[1], {version.name!r}, {batch_size})"
         )
         child = subprocess.Popen([sys.executable, "-c", code, home], env={**os.environ, "ONEBOX_HOME": home})
-        peak_rss, peak_pss, done = 0, 0, threading.Event()
+        peak_rss, peak_pss, peak_largest, done = 0, 0, 0, threading.Event()
 
         def sample() -> None:
-            nonlocal peak_rss, peak_pss
+            nonlocal peak_rss, peak_pss, peak_largest
             while not done.is_set():
-                rss, pss = _tree_memory(child.pid)
-                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+                rss, pss, largest = _tree_memory(child.pid)
+                peak_rss, peak_pss, peak_largest = max(peak_rss, rss), max(peak_pss, pss), max(peak_largest, largest)
                 done.wait(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -252,6 +254,7 @@ def measure_memory(
         "train_epoch_s": round(train_s, 1),
         "peak_rss_bytes": peak_pss,  # the tree's PSS: shared pages once
         "peak_summed_rss_bytes": peak_rss,
+        "peak_largest_process_rss_bytes": peak_largest,  # the training process alone, as ps shows it
         "exit_code": code_returned,
         "full_size": images >= FULL_SIZE_IMAGES and side >= FULL_SIZE_SIDE,
     }
@@ -291,7 +294,9 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         size = f"{memory['images']:,} images {'x'.join(map(str, memory['stored_image_shape']))}"
         decoded = memory["decoded_float32_bytes"] / 1e9
         measured = f"{memory['peak_rss_bytes'] / 1e9:.2f} GB ({size}, {decoded:.2f} GB decoded)"
-        met = memory["peak_rss_bytes"] < RSS_TARGET_BYTES if memory["full_size"] else None  # reduced: reference
+        # Reduced: a reference figure. An epoch that did not finish proves nothing about its peak.
+        finished = memory.get("exit_code", 0) == 0
+        met = memory["peak_rss_bytes"] < RSS_TARGET_BYTES and finished if memory["full_size"] else None
         rows.append(("training peak RSS < 3 GB on a > 8 GB (decoded) dataset", measured, met))
     return rows
 

@@ -96,7 +96,7 @@ def evaluate_production(settings: Settings, name: str, data: PreparedData) -> tu
             f"({meta.dataset_name}:{meta.dataset_version}) and cannot be scored on this test split"
         )
         return production.version, None, note
-    evaluation = evaluate_probabilities(predictor.probabilities(data.test.images), data.test.labels, data.classes)
+    evaluation = evaluate_probabilities(data.test.predict(predictor.probabilities), data.test.labels, data.classes)
     return production.version, evaluation, ""
 
 

@@ -43,9 +43,9 @@ def _score(
 ) -> tuple[Evaluation, np.ndarray] | None:
     """The version's evaluation and probabilities on ``test``; None if its classes or shape differ."""
     predictor = OnnxPredictor.from_directory(materialize_bundle(settings, name, version))
-    if predictor.metadata.classes != classes or predictor.metadata.image_shape != test.images.shape[1:]:
+    if predictor.metadata.classes != classes or predictor.metadata.image_shape != test.image_shape:
         return None
-    probabilities = predictor.probabilities(test.images)
+    probabilities = test.predict(predictor.probabilities)
     return evaluate_probabilities(probabilities, test.labels, classes), probabilities
 
 
@@ -131,6 +131,7 @@ def render_report(
     probabilities on ``test``, and the baseline's scores on the same split when there is one."""
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != test.labels)[:MAX_MISCLASSIFIED]
+    wrong_images = test.indexes[wrong]  # read alone: the whole test split can be gigabytes
     captions = [
         f"true {classes[test.labels[i]]} → {classes[predicted[i]]} ({probabilities[i].max():.2f})" for i in wrong
     ]
@@ -169,7 +170,7 @@ def render_report(
         "images": {
             "curves": _data_uri(report_plots.training_curves(run.history)) if run.history.get("train_loss") else None,
             "confusion": _data_uri(report_plots.confusion_matrices(matrices, classes)),
-            "misclassified": _data_uri(report_plots.misclassified_grid(test.images[wrong], captions))
+            "misclassified": _data_uri(report_plots.misclassified_grid(test.source.read_many(wrong_images), captions))
             if len(wrong)
             else None,
             "latency": _data_uri(report_plots.latency_bars(torch_ms, onnx_ms)),

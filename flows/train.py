@@ -20,7 +20,7 @@ from torch.nn import functional
 
 from flows.checkpoints import Checkpoint, CheckpointStore
 from flows.data import SplitImages, build_augmentation, default_workers, training_loader
-from flows.prepare import PreparedData, Split
+from flows.prepare import PreparedData, Split, evaluation_batch_size
 from storage.errors import ParameterError
 from storage.images import normalize
 
@@ -79,7 +79,7 @@ def _measure(model: nn.Module, split: Split, device: torch.device, batch_size: i
     dtype = autocast_dtype(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for images, labels in split.batches(max(batch_size, 256)):
+    for images, labels in split.batches(evaluation_batch_size(split.image_shape, at_least=batch_size)):
         inputs = torch.from_numpy(normalize(images)).to(device, non_blocking=True)
         targets = torch.from_numpy(labels).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -226,17 +226,27 @@ def release_gpu_memory() -> None:
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Softmax probabilities (N, classes) for uint8 images, on the model's device."""
+def predict_probabilities(model: nn.Module, images: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+    """Softmax probabilities (N, classes) for uint8 images, on the model's device.
+
+    Args:
+        batch_size: images per forward pass; None: :func:`flows.prepare.evaluation_batch_size`.
+    """
     model.eval()
     device = next(model.parameters()).device
+    step = batch_size or evaluation_batch_size(images.shape[1:])
     outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(normalize(images[start : start + batch_size])).to(device)
+    for start in range(0, len(images), step):
+        batch = torch.from_numpy(normalize(images[start : start + step])).to(device)
         outputs.append(functional.softmax(model(batch).float(), dim=1).cpu().numpy())
     return np.concatenate(outputs)
 
 
-def predict_split(model: nn.Module, split: Split, *, batch_size: int = 512) -> np.ndarray:
-    """Softmax probabilities (N, classes) for a split, read batch by batch (never the whole split at once)."""
-    return np.concatenate([predict_probabilities(model, images) for images, _ in split.batches(batch_size)])
+def predict_split(model: nn.Module, split: Split, *, batch_size: int | None = None) -> np.ndarray:
+    """Probabilities (N, classes) for a split, read batch by batch (never the whole split at once).
+
+    Args:
+        batch_size: images read and predicted at a time; None: :func:`flows.prepare.evaluation_batch_size`.
+    """
+    step = batch_size or evaluation_batch_size(split.image_shape)
+    return np.concatenate([predict_probabilities(model, images, batch_size=step) for images, _ in split.batches(step)])

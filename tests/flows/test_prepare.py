@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.prepare import split_dataset
+from flows.prepare import EVALUATION_BATCH_BYTES, LARGEST_EVALUATION_BATCH, Split, evaluation_batch_size, split_dataset
 from storage.datasets import BUILTIN_DATASET, DatasetImages, import_image_folder, open_images, resolve_dataset
 from storage.errors import DatasetError
 from storage.settings import Settings
@@ -64,3 +64,39 @@ def test_tiny_classes_are_refused(tmp_path: Path, settings: Settings) -> None:
     images = open_images(import_image_folder(root, name="tiny", settings=settings))
     with pytest.raises(DatasetError, match="fewer than 4 images in class"):
         split_dataset(images, seed=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 224, 224), (3, 512, 512)], ids=str)
+def test_evaluation_batches_hold_at_most_their_budget_of_input(shape: tuple[int, int, int]) -> None:
+    image_bytes = int(np.prod(shape)) * 4  # float32
+    size = evaluation_batch_size(shape)
+    assert 1 <= size <= LARGEST_EVALUATION_BATCH
+    assert size * image_bytes <= EVALUATION_BATCH_BYTES
+    # As large as the budget allows: one more image would be over it, or over the cap.
+    assert size == LARGEST_EVALUATION_BATCH or (size + 1) * image_bytes > EVALUATION_BATCH_BYTES
+
+
+def test_an_image_larger_than_the_budget_is_evaluated_one_at_a_time() -> None:
+    assert evaluation_batch_size((3, 4096, 4096)) == 1
+
+
+def test_evaluation_batches_are_never_smaller_than_the_training_batch() -> None:
+    # A batch that trained with its gradients fits without them, and fewer passes are faster.
+    assert evaluation_batch_size((3, 224, 224), at_least=64) == 64
+    assert evaluation_batch_size((1, 8, 8), at_least=1000) == 1000
+
+
+def test_a_split_is_predicted_in_bounded_batches_and_joined_in_order() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (70, 3, 224, 224), dtype=np.uint8)
+    split = Split.from_arrays(images, np.zeros(70, dtype=np.int64))
+    seen: list[int] = []
+
+    def mean_pixel(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        means: np.ndarray = batch.reshape(len(batch), -1).mean(axis=1, keepdims=True)
+        return means
+
+    predicted = split.predict(mean_pixel)
+    assert max(seen) == evaluation_batch_size((3, 224, 224)) < 70
+    assert sum(seen) == 70
+    assert np.allclose(predicted, images.reshape(70, -1).mean(axis=1, keepdims=True))

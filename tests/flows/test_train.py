@@ -2,13 +2,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional
 
 from flows.checkpoints import CheckpointStore
 from flows.evaluate import evaluate_probabilities
 from flows.model import ConvClassifier
-from flows.prepare import PreparedData, split_dataset
+from flows.prepare import PreparedData, Split, evaluation_batch_size, split_dataset
 from flows.train import _measure, predict_split, resolve_device, train_model
 from storage.datasets import BUILTIN_DATASET, open_images, resolve_dataset
 from storage.errors import ParameterError
@@ -135,3 +138,48 @@ def test_training_learns_digits(settings: Settings, device: str) -> None:
     evaluation = evaluate_probabilities(predict_split(result.model, data.test), data.test.labels, data.classes)
     assert evaluation.accuracy > 0.85
     assert sum(map(sum, evaluation.confusion)) == len(data.test)
+
+
+class RecordedReads:
+    """Images in memory that note how many each read asked for."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+        self.reads: list[int] = []
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.images.shape[1:]
+        return channels, height, width
+
+    def read_many(self, indexes: np.ndarray) -> np.ndarray:
+        self.reads.append(len(indexes))
+        chosen: np.ndarray = self.images[indexes]
+        return chosen
+
+
+def test_validation_and_predictions_of_large_images_go_in_bounded_batches() -> None:
+    # At 224x224 a 256-image validation batch was a whole run's memory peak (benchmarks/training.py).
+    images = np.random.default_rng(0).integers(0, 256, (60, 3, 224, 224), dtype=np.uint8)
+    source = RecordedReads(images)
+    split = Split(source=source, indexes=np.arange(60), labels=np.arange(60) % 2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    bound = evaluation_batch_size((3, 224, 224))
+    assert bound < 60
+
+    loss, _ = _measure(model, split, torch.device("cpu"), 4)
+    assert max(source.reads) == bound
+    assert sum(source.reads) == 60
+    source.reads.clear()
+    _measure(model, split, torch.device("cpu"), 50)  # never below the training batch
+    assert source.reads == [50, 10]
+
+    source.reads.clear()
+    probabilities = predict_split(model, split)
+    assert max(source.reads) == bound
+    # The same probabilities as one pass over all of them.
+    all_at_once = predict_split(model, split, batch_size=60)
+    assert np.allclose(probabilities, all_at_once, atol=1e-6)
+    expected_loss = functional.cross_entropy(torch.from_numpy(np.log(all_at_once)), torch.from_numpy(split.labels))
+    assert loss == pytest.approx(float(expected_loss), rel=1e-4)
