@@ -15,6 +15,7 @@ import onnx
 import torch
 from torch import nn
 
+from flows.prepare import evaluation_batch_size
 from serving.metadata import EMBEDDING_OUTPUT, LOGITS_OUTPUT
 from serving.predictor import create_session
 from storage.errors import ModelError
@@ -180,17 +181,27 @@ def check_export(model: nn.Module, onnx_path: Path, images: np.ndarray, *, repea
     model = model.to("cpu").eval()
     session = create_session(onnx_path)
     inputs = normalize(images)
-    outputs = session.run(None, {"images": inputs})
-    onnx_logits = outputs[0]
     has_embedding = EMBEDDING_OUTPUT in [output.name for output in session.get_outputs()]
     channels, height, width = images.shape[1:]
     wrapped = with_embedding(model, input_shape=(channels, height, width)) if has_embedding else None
-    with torch.no_grad():
-        if wrapped is not None:
-            logits, embedding = wrapped(torch.from_numpy(inputs))
-            torch_logits, torch_embedding = logits.numpy(), embedding.numpy()
-        else:
-            torch_logits, torch_embedding = model(torch.from_numpy(inputs)).numpy(), None
+    onnx_outputs: list[list[np.ndarray]] = []
+    torch_outputs: list[list[np.ndarray]] = []
+    # In evaluation batches: 256 images of 224x224 in one pass held GBs of activations in torch
+    # and as much again in ONNX Runtime, more than the training steps.
+    chunk = evaluation_batch_size((channels, height, width))
+    for start in range(0, len(inputs), chunk):
+        part = inputs[start : start + chunk]
+        onnx_outputs.append(session.run(None, {"images": part}))
+        with torch.no_grad():
+            if wrapped is not None:
+                logits, embedding = wrapped(torch.from_numpy(part))
+                torch_outputs.append([logits.numpy(), embedding.numpy()])
+            else:
+                torch_outputs.append([model(torch.from_numpy(part)).numpy()])
+    outputs = [np.concatenate(column) for column in zip(*onnx_outputs, strict=True)]
+    onnx_logits = outputs[0]
+    torch_logits = np.concatenate([part[0] for part in torch_outputs])
+    torch_embedding = np.concatenate([part[1] for part in torch_outputs]) if wrapped is not None else None
     if onnx_logits.shape != torch_logits.shape:
         raise ModelError(
             f"the ONNX export returns shape {onnx_logits.shape} where torch returns {torch_logits.shape}; "

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.export import ExportCheck
-from flows.prepare import PreparedData, Split
+from flows.prepare import PreparedData, Split, evaluation_batch_size
 from serving.metadata import REFERENCE_FILE, ModelMetadata
 from serving.predictor import OnnxPredictor
 from storage.errors import ModelError
@@ -25,7 +25,6 @@ from storage.errors import ModelError
 # beyond it, and the bundle (copied into every model image) stays small.
 MAX_REFERENCE_IMAGES = 5000
 REFERENCE_SEED = 20261202
-BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -74,10 +73,11 @@ def reference_split(split: Split, *, limit: int = MAX_REFERENCE_IMAGES) -> Split
     return Split(source=split.source, indexes=split.indexes[chosen], labels=split.labels[chosen])
 
 
-def compute_reference(predictor: OnnxPredictor, split: Split, *, batch_size: int = BATCH_SIZE) -> Reference:
-    """The predictor's probabilities and embeddings on ``split``, read and run batch by batch."""
+def compute_reference(predictor: OnnxPredictor, split: Split, *, batch_size: int | None = None) -> Reference:
+    """The predictor's probabilities and embeddings on ``split``, read and run batch by batch
+    (by default in evaluation batches: at 224x224, 256 images at once held a GB of activations)."""
     probabilities, embeddings = [], []
-    for images, _labels in split.batches(batch_size):
+    for images, _labels in split.batches(batch_size or evaluation_batch_size(split.image_shape)):
         batch_probabilities, batch_embeddings = predictor.infer(images)
         probabilities.append(batch_probabilities.astype(np.float32))
         if batch_embeddings is not None:
