@@ -23,9 +23,13 @@ pytestmark = pytest.mark.slow
 
 SPEC_PATHS = ("/docs.json", "/models/digits/docs.json", "/models/colors/docs.json")
 # A random byte string is a valid "binary" image as far as a schema can say; the server answers
-# 400 naming what is wrong. Every other operation must accept what its schema calls valid.
-NOT_AN_IMAGE = {"operations": [{"include-path": "/predict", "checks": {"positive_data_acceptance": {
-    "expected-statuses": ["2xx", "400"]}}}]}  # fmt: skip
+# 400 naming what is wrong. Every other operation must accept what its schema calls valid. A
+# batch over its maxItems may also be refused by its size, before it is parsed: 413.
+NOT_AN_IMAGE = {"operations": [
+    {"include-path": "/predict", "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400"]}}},
+    {"include-path": "/predict_batch", "checks": {"negative_data_rejection": {
+        "expected-statuses": ["400", "404", "405", "406", "413", "415", "422"]}}},
+]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
