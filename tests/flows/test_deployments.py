@@ -37,7 +37,9 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) ->
     with isolated_appliance(tmp_path_factory) as settings:
         up = subprocess.run([ONEBOX, "up"], capture_output=True, text=True, timeout=900, check=False)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "deployments: training-pipeline/onebox, rollback/onebox" in up.stdout
+        assert (
+            "deployments: training-pipeline/onebox, rollback/onebox, retrain/onebox, retrain-reconcile/onebox"
+        ) in up.stdout
         yield settings
 
 
