@@ -23,7 +23,7 @@ from prefect import flow
 from pydantic import ValidationError
 
 from flows.deployments import deployment_name
-from flows.events import DATASET_NAME_LABEL, DATASET_VERSION_CREATED, DATASET_VERSION_LABEL, MODEL_ROLE
+from flows.events import DATASET_VERSION_CREATED
 from flows.parameters import TrainingParameters
 from storage.errors import ModelError
 from storage.names import name_problem
@@ -48,16 +48,20 @@ def retraining_run_name(model: str, version: str) -> str:
     return f"retrain-{model}-{version}"
 
 
+# What the trigger reads of a DATASET_VERSION_CREATED event (flows/dataset_events.py writes it): a
+# related resource in this role names the model to retrain, and the payload names the version.
+MODEL_ROLE = "model"
+PAYLOAD_FIELDS = {"model": "model", "dataset": "dataset", "dataset_version": "version"}  # parameter: payload key
+
+
 def retraining_trigger() -> DeploymentEventTrigger:
     """The automation that runs the ``retrain`` flow on each new dataset version made for a model.
 
     Only events with a related resource in the role "model" match: a plain ``onebox data
-    import`` names no model and retrains nothing.
+    import`` names no model and retrains nothing. The server renders the parameters from the
+    event's payload; the retrain flow's schema then refuses an unsafe name before a run exists.
     """
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-
-    def template(expression: str) -> dict[str, str]:
-        return {"__prefect_kind": "jinja", "template": "{{ " + expression + " }}"}
 
     return DeploymentEventTrigger(
         name="retrain on a new dataset version",
@@ -66,9 +70,8 @@ def retraining_trigger() -> DeploymentEventTrigger:
         match={"prefect.resource.id": "onebox.dataset.*"},
         match_related={"prefect.resource.role": MODEL_ROLE},
         parameters={
-            "model": template(f"event.resource_in_role['{MODEL_ROLE}'].name"),
-            "dataset": template(f"event.resource['{DATASET_NAME_LABEL}']"),
-            "dataset_version": template(f"event.resource['{DATASET_VERSION_LABEL}']"),
+            parameter: {"__prefect_kind": "jinja", "template": f"{{{{ event.payload['{key}'] }}}}"}
+            for parameter, key in PAYLOAD_FIELDS.items()
         },
     )
 

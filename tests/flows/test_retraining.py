@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from benchmarks.servers import free_port
-from flows.events import dataset_version_created
+from flows.events import DATASET_VERSION_CREATED
 from flows.retraining import RETRAIN_TAG, carried_parameters, start_retraining, versions_to_retrain
 from serving.waiting import NotYet, wait_for
 from storage.errors import DatasetError, ModelError
@@ -33,7 +33,6 @@ EVENT_TIMEOUT_S = 120  # the server's trigger service evaluates events within se
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A Prefect server of this module's own home, with the deployments registered on it."""
-    from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.deployments import register_all
@@ -55,7 +54,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             resolve_dataset("digits", None, settings)  # the bundled digits: one version to retrain on
             register_all(settings)
             yield settings
-            EventsWorker.drain_all(timeout=30)
     finally:
         local.stop()
         patch.undo()
@@ -87,11 +85,24 @@ def _runs_of(flow_name: str, *, model: str | None = None) -> list[Any]:
 
 
 def _emit(name: str, version: str, model: str | None) -> None:
-    from prefect.events import emit_event
-    from prefect.events.worker import EventsWorker
+    """The event of a new dataset version, posted as flows/dataset_events.py posts a merge's."""
+    import uuid
+    from datetime import UTC, datetime
 
-    emit_event(**dataset_version_created(name, version, model=model))  # type: ignore[arg-type]
-    EventsWorker.drain_all(timeout=30)
+    import httpx
+
+    event = {
+        "id": str(uuid.uuid4()),
+        "occurred": datetime.now(UTC).isoformat(),
+        "event": DATASET_VERSION_CREATED,
+        "resource": {"prefect.resource.id": f"onebox.dataset.{name}.{version}"},
+        "related": [{"prefect.resource.id": f"onebox.model.{model}", "prefect.resource.role": "model"}]
+        if model
+        else [],
+        "payload": {"dataset": name, "version": version, "model": model},
+    }
+    answer = httpx.post(f"{os.environ['PREFECT_API_URL']}/events", json=[event], timeout=30)
+    assert answer.status_code < 300, answer.text
 
 
 def _wait_for_retrain_runs(count: int) -> list[Any]:
