@@ -174,8 +174,16 @@ def import_folder(
     resize: Resize | None = None,
     skip_bad: bool = False,
     progress: ImportProgress | None = None,
+    preprocessing: Preprocessing | None = None,
+    lineage: dict[str, object] | None = None,
+    recorded_source: str | None = None,
 ) -> DatasetVersion:
-    """See storage.datasets.import_image_folder (the public entry point)."""
+    """See storage.datasets.import_image_folder (the public entry point).
+
+    The inbox merge (storage/inbox_merge.py) also gives ``preprocessing`` (its parent's, instead
+    of one chosen from the images), the ``lineage`` to catalog and the ``recorded_source`` (the
+    folder it imports from is a staging folder that goes away).
+    """
     if problem := name_problem("dataset", name):
         raise DatasetError(problem)
     source = source.expanduser().resolve()
@@ -185,7 +193,7 @@ def import_folder(
     scanned = _scan(source, files, bad, progress)
     if not scanned:
         raise DatasetError(f"{source} has no readable PNG or JPEG images:\n  " + "\n  ".join(bad))
-    preprocessing = choose_preprocessing(
+    preprocessing = preprocessing or choose_preprocessing(
         [f.header for f in scanned],
         image_size=image_size,
         resize=resize,
@@ -219,9 +227,11 @@ def import_folder(
                 "jpeg_draft": int(preprocessing.jpeg_draft),
                 "skipped": len(bad),
                 "num_images": len(kept),
-                "source": str(source),
+                "source": recorded_source or str(source),
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }
+            if lineage is not None:
+                row["lineage"] = json.dumps(lineage)
             return _finalize(settings, staging, row)
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already when it became the version

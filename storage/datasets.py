@@ -60,6 +60,9 @@ class DatasetVersion:
     resize: str = "stretch"  # how images of another size were fitted: see storage.images.Preprocessing
     jpeg_draft: bool = False
     skipped: int = 0  # unreadable files left out with --skip-bad (listed in the version's skipped.txt)
+    # Where a version made from another came from (an inbox merge, storage/inbox_merge.py): at least
+    # parent (its version), model, inbox_batch, by, at. None for an import.
+    lineage: dict[str, Any] | None = None
 
     @property
     def num_images(self) -> int:
@@ -106,6 +109,7 @@ def row_to_version(row: dict[str, Any], settings: Settings) -> DatasetVersion:
         resize=row.get("resize") or "stretch",  # rows written before resize policies existed
         jpeg_draft=bool(row.get("jpeg_draft") or False),
         skipped=int(row.get("skipped") or 0),
+        lineage=json.loads(row["lineage"]) if row.get("lineage") else None,  # none before lineage existed
     )
 
 

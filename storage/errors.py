@@ -23,3 +23,7 @@ class ModelError(OneboxError):
 
 class ServingError(OneboxError):
     """A model server could not be started, reached or stopped."""
+
+
+class LabelError(OneboxError):
+    """A label, an inbox image or a labeling request is not usable (unknown class, no such image)."""

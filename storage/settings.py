@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     )
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
     prefect_port: int = Field(default=4200, ge=1, le=65535)
+    label_port: int = Field(
+        default=3100,
+        ge=1,
+        le=65535,
+        description="The labeling page: `onebox label` on 127.0.0.1, the appliance's labeling service on bind.",
+    )
     subnet: IPv4Network | None = Field(
         default=None,
         description="The appliance's Docker network, a /24 or larger (10.99.0.0/24); default: a free one, picked once.",

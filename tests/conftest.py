@@ -25,6 +25,8 @@ from storage.settings import Settings, get_settings
 if TYPE_CHECKING:
     from flows.pipeline import PipelineResult
 
+pytest_plugins = ["tests.inbox_fixtures"]  # a home with a model in production and a filled inbox
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Prefect reads its settings on import; point it away from ~/.prefect before any test module imports it.

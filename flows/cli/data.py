@@ -128,3 +128,32 @@ def data_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
             v.created,
         )
     console.print(table if versions else "no datasets yet; `onebox train` imports the bundled digits on first use")
+
+
+@app.command("merge-inbox")
+def data_merge_inbox(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="The model whose labeled inbox images to merge; default: the only one."),
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who labeled them, for the lineage; default: $USER.")] = None,
+) -> None:
+    """Add the labeled inbox images to the model's dataset as a new version (and ask for a retrain)."""
+    import getpass
+
+    from flows.dataset_events import announce_new_version
+    from storage.inbox_merge import merge_inbox
+    from storage.registry import resolve_model
+
+    current = settings()
+    name = resolve_model(current, model)
+    with import_progress() as progress:
+        result = merge_inbox(current, name, by=by or getpass.getuser(), progress=progress)
+    version = result.version
+    console.print(
+        f"dataset [bold]{version.name}[/] version [bold]{version.version}[/]: {version.num_images} images, "
+        f"{result.parent.version} plus {result.merged} labeled from the inbox of model {name} "
+        f"(batch {result.batch}; {result.left} left there)"
+    )
+    announcement = announce_new_version(current, result)
+    (console if announcement.sent else errors).print(announcement.message, highlight=False)
