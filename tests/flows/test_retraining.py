@@ -227,3 +227,75 @@ def test_only_versions_whose_lineage_names_a_model_are_retrained(tmp_path: Path)
     ]
     chosen = versions_to_retrain(versions)  # type: ignore[arg-type]
     assert [(model, version.version) for model, version in chosen] == [("parts", "d"), ("digits", "b")]
+
+
+def _merged_version(settings: Settings, folder: Path, *, model: str, first: int) -> str:
+    """A dataset version as an inbox merge catalogs it: its lineage names ``model``."""
+    import numpy as np
+
+    from storage.dataset_import import import_folder
+    from tests.inbox_fixtures import _digits, png
+
+    images, labels = _digits()
+    for index in range(first, first + 40):
+        (folder / str(labels[index])).mkdir(parents=True, exist_ok=True)
+        (folder / str(labels[index]) / f"{index:04d}.png").write_bytes(png(images[index]))
+    for digit in np.unique(labels):  # every class, so the version could be trained on
+        for index in np.flatnonzero(labels == digit)[:4]:
+            (folder / str(digit)).mkdir(exist_ok=True)
+            (folder / str(digit) / f"{index:04d}.png").write_bytes(png(images[index]))
+    lineage: dict[str, object] = {
+        "parent": "000000000000",
+        "model": model,
+        "inbox_batch": f"batch-{first}",
+        "by": "test",
+        "at": "now",
+    }
+    return import_folder(folder, name="digits", settings=settings, lineage=lineage).version
+
+
+@pytest.mark.slow
+def test_the_reconcile_starts_what_a_lost_event_missed_and_nothing_twice(server: Settings, tmp_path: Path) -> None:
+    from flows.retraining import retrain_reconcile
+
+    announced = _merged_version(server, tmp_path / "announced", model="digits-merged", first=200)
+    lost = _merged_version(server, tmp_path / "lost", model="digits-merged", first=400)
+    _emit("digits", announced, "digits-merged")  # the other one's event never arrived
+
+    def triggered() -> Any:
+        runs = [run for run in _runs_of("retrain") if run.parameters["dataset_version"] == announced]
+        if not runs:
+            raise NotYet("no retrain run yet")
+        return runs[0]
+
+    run = wait_for(triggered, timeout_s=EVENT_TIMEOUT_S, what="the retrain run of the announced version")
+    done = _execute(str(run.id))
+    assert _final_state(str(run.id)).name == "Completed", done.stdout + done.stderr
+
+    started = retrain_reconcile()  # the schedule's flow, run here
+    trainings = _runs_of("training-pipeline", model="digits-merged")
+    assert sorted(run.parameters["dataset_version"] for run in trainings) == sorted([announced, lost])
+    (missed,) = [run for run in trainings if run.parameters["dataset_version"] == lost]
+    assert started == [str(missed.id)]  # the announced one already had its run
+    assert retrain_reconcile() == []  # and once started, never again
+    assert len(_runs_of("training-pipeline", model="digits-merged")) == 2
+
+
+@pytest.mark.slow
+def test_the_reconcile_is_deployed_on_a_schedule_and_the_trigger_as_an_automation(server: Settings) -> None:
+    from flows.deployments import deployment_name, register_all
+    from flows.retraining import RECONCILE_INTERVAL
+
+    register_all(server)  # again: nothing doubles
+    with _client() as client:
+        reconcile = client.read_deployment_by_name(deployment_name("retrain-reconcile"))
+        retrain = client.read_deployment_by_name(deployment_name("retrain"))
+        automations = client.read_automations_by_name("retrain on a new dataset version")
+    (schedule,) = reconcile.schedules
+    assert schedule.active
+    assert schedule.schedule.interval == RECONCILE_INTERVAL
+    (automation,) = automations
+    assert automation.enabled
+    (action,) = automation.actions
+    assert str(action.deployment_id) == str(retrain.id)
+    assert retrain.parameter_openapi_schema["properties"]["model"]["pattern"]  # unsafe names refused by the API
