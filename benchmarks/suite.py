@@ -5,7 +5,7 @@ measures, in this order: the `onebox` command's start-up and an embedded trainin
 (benchmarks/cli.py, no Docker); importing 20,000 photos (benchmarks/dataset_import.py, no Docker
 either); training throughput and a large dataset's memory (benchmarks/training.py, no Docker); cold
 `up`; registered -> serving and failed requests during a swap under load; idle memory; serving side
-by side (benchmarks/serving.py); torch vs ONNX Runtime
+by side (benchmarks/serving.py); the prediction log on vs off (benchmarks/prediction_log.py); torch vs ONNX Runtime
 (benchmarks/runtimes.py); the flow against the plain script (benchmarks/pipeline.py). Each
 result is written to benchmarks/results/*.json as soon as it is measured; the stack is torn
 down at the end; benchmarks/report.py writes summary.md, the plots and README's table.
@@ -45,7 +45,7 @@ def main() -> int:
 
     settings = get_settings()
     prepare_environment(settings)
-    from benchmarks import appliance, cli, dataset_import, pipeline, report, runtimes, serving, training
+    from benchmarks import appliance, cli, dataset_import, pipeline, prediction_log, report, runtimes, serving, training
     from serving.compose import ComposeRuntime
     from serving.image_builds import remove_model_images
 
@@ -69,6 +69,10 @@ def main() -> int:
         name, version, run_id = results["serving_model"], results["serving_version"], results["serving_run_id"]
 
         write("serving", serving.measure_serving(settings, name, version, run_id))
+        from storage.registry import materialize_bundle
+
+        bundle = materialize_bundle(settings, name, version)
+        write("prediction_log", prediction_log.measure_prediction_log(bundle, workers=settings.serve_workers))
         with tempfile.TemporaryDirectory(prefix="onebox-bench-torch-") as folder:
             torch_model = serving.write_torch_model(settings, run_id, Path(folder))
             write("runtimes", {**header, **runtimes.measure_runtimes(settings, name, version, torch_model)})

@@ -15,7 +15,7 @@ import subprocess
 
 from serving.appliance_state import ApplianceState, read_state, state_path, write_env_file, write_state
 from serving.checkout import COMPOSE_FILE, SOURCE_ROOT
-from serving.compose_models import write_models_compose
+from serving.compose_models import prepare_log_folders, write_models_compose
 from storage.errors import ServingError
 from storage.settings import Settings
 
@@ -71,7 +71,8 @@ def run_compose(
         write_state(path, ApplianceState())
     state = read_state(path)
     environment = compose_environment(settings, state)
-    models = write_models_compose(settings.compose_dir, state)
+    prepare_log_folders(settings, state)
+    models = write_models_compose(settings.compose_dir, state, settings)
     # --env-file: the state again, and no reading of a .env in the checkout (pydantic-settings
     # has read that one already, under the settings' own names).
     files = ["-f", str(COMPOSE_FILE), *(["-f", str(models)] if models else [])]

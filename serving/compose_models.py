@@ -6,34 +6,77 @@ its own name, so `up` starts the live colors and a deploy starts one idle color 
 any other container. Each color has the fixed address of its model's slot on the appliance's
 network (serving/appliance_network.py), where the gateway keeps connections open to it. The file
 is JSON, which YAML (and so compose) reads as it is.
+
+Each color writes its model's prediction log (serving/prediction_log.py) into the host's
+``$ONEBOX_HOME/predictions/NAME``, mounted at the same place below :data:`CONTAINER_LOG_DIR`, so
+the flows read it where they read it from a local server. The folder belongs to the home's owner
+and the colors run as that user; a home owned by root gets the image's own non-root user instead,
+and the folder is handed to it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from serving.appliance_state import COLORS, ApplianceState, Color, ServedModel
+from serving.log_settings import LOG_DIR_VARIABLE, log_environment
 from serving.metadata import WORKERS_VARIABLE
-from storage.settings import env_name
+from storage.prediction_log import model_log_dir
+from storage.settings import Settings, env_name
 
 MODELS_COMPOSE_FILE = "models.yml"
 MODEL_LABEL = "org.onebox.model"  # which model a container serves (benchmarks count by it)
 # Ready means the model is loaded: /readyz answers only after the service's __init__ ran.
 READY_TEST = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/readyz', timeout=2)"
+CONTAINER_LOG_DIR = "/predictions"  # a color's view of the log: its model's host folder is mounted below it
+MODEL_IMAGE_UID = 10001  # the user compose/runtime/Dockerfile creates (its group has the same id)
 
 
 def models_compose_path(compose_dir: Path) -> Path:
     return compose_dir / MODELS_COMPOSE_FILE
 
 
-def model_service_definition(model: ServedModel, color: Color, address: str) -> dict[str, Any]:
+def prepare_log_folders(settings: Settings, state: ApplianceState) -> None:
+    """Create each served model's prediction log folder on the host, writable by its colors' user."""
+    for model in state.models:
+        folder = model_log_dir(settings.predictions_dir, model.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        if log_user(settings) is None and os.geteuid() == 0 and folder.stat().st_uid != MODEL_IMAGE_UID:
+            os.chown(folder, MODEL_IMAGE_UID, MODEL_IMAGE_UID)
+
+
+def log_user(settings: Settings) -> str | None:
+    """The user the colors run as, ``UID:GID``: the owner of the home's log folder; None (the
+    image's own user) when that is root or the folder does not exist yet."""
+    try:
+        owner = settings.predictions_dir.stat()
+    except FileNotFoundError:
+        return None
+    return None if owner.st_uid == 0 else f"{owner.st_uid}:{owner.st_gid}"
+
+
+def _log_definition(settings: Settings, model: ServedModel) -> dict[str, Any]:
+    user = log_user(settings)
+    return {
+        **({"user": user} if user else {}),
+        "volumes": [f"{model_log_dir(settings.predictions_dir, model.name)}:{CONTAINER_LOG_DIR}/{model.name}"],
+    }
+
+
+def model_service_definition(
+    model: ServedModel, color: Color, address: str, *, settings: Settings | None = None
+) -> dict[str, Any]:
+    """One color's service; with ``settings``, it writes the prediction log into the host's home."""
     # One worker: one process, without BentoML's supervisor (serving/single_process.py).
     single = {"command": ["python3", "-m", "serving.single_process"]} if model.workers == 1 else {}
+    logged = {**log_environment(settings.environment()), LOG_DIR_VARIABLE: CONTAINER_LOG_DIR} if settings else {}
     return {
         "image": model.image(color),
         **single,
+        **(_log_definition(settings, model) if settings else {}),
         "restart": "unless-stopped",
         "profiles": [model.service(color)],
         "environment": {
@@ -41,6 +84,7 @@ def model_service_definition(model: ServedModel, color: Color, address: str) -> 
             WORKERS_VARIABLE: str(model.workers),
             # The container holds one model: its unprefixed routes answer for it.
             env_name("default_model"): model.name,
+            **logged,
         },
         "labels": {MODEL_LABEL: model.name},
         "healthcheck": {
@@ -54,27 +98,30 @@ def model_service_definition(model: ServedModel, color: Color, address: str) -> 
     }
 
 
-def models_compose(state: ApplianceState) -> dict[str, Any]:
-    """The compose file of every model color that has an image (no network recorded: none)."""
+def models_compose(state: ApplianceState, settings: Settings | None = None) -> dict[str, Any]:
+    """The compose file of every model color that has an image (no network recorded: none);
+    with ``settings``, each color writes its prediction log into the host's home."""
     services: dict[str, Any] = {}
     if state.network is not None:
         for model in state.models:
             addresses = state.network.addresses(model.slot)
             for color, address in zip(COLORS, addresses, strict=True):
                 if model.image(color):
-                    services[model.service(color)] = model_service_definition(model, color, str(address))
+                    services[model.service(color)] = model_service_definition(
+                        model, color, str(address), settings=settings
+                    )
     return {"services": services}
 
 
-def write_models_compose(compose_dir: Path, state: ApplianceState) -> Path | None:
+def write_models_compose(compose_dir: Path, state: ApplianceState, settings: Settings | None = None) -> Path | None:
     """Write the models' compose file (atomically) and return its path; None when no model has a
     service (docker-compose 1.x reads a file of no services as an old format and refuses it)."""
     path = models_compose_path(compose_dir)
-    if not models_compose(state)["services"]:
+    if not models_compose(state, settings)["services"]:
         path.unlink(missing_ok=True)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".new")
-    staging.write_text(json.dumps(models_compose(state), indent=2) + "\n")
+    staging.write_text(json.dumps(models_compose(state, settings), indent=2) + "\n")
     staging.replace(path)
     return path

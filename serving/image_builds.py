@@ -34,8 +34,11 @@ SERVING_FILES = (
     "serving/errors.py",
     "serving/health.py",
     "serving/index_page.py",
+    "serving/log_retention.py",
+    "serving/log_settings.py",
     "serving/metadata.py",
     "serving/model_routes.py",
+    "serving/prediction_log.py",
     "serving/predictor.py",
     "serving/service.py",
     "serving/single_process.py",
@@ -44,6 +47,7 @@ SERVING_FILES = (
     "storage/__init__.py",
     "storage/errors.py",
     "storage/images.py",
+    "storage/prediction_log.py",
 )
 
 

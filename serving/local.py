@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.health import STARTUP_FAILED_MARKER, smoke_predict, wait_until_ready
+from serving.log_settings import LOG_DIR_VARIABLE, log_environment
 from serving.metadata import DEFAULT_MODEL_VARIABLE, METADATA_FILE, MODEL_DIR_VARIABLE, WORKERS_VARIABLE, ModelMetadata
 from serving.processes import port_in_use, process_alive, start_process_group, stop_process_group
 from serving.runtime import ServerState
@@ -141,6 +142,9 @@ class LocalRuntime:
             WORKERS_VARIABLE: str(self.settings.serve_workers),
             SERVER_TAG_VARIABLE: str(self.state_path),
             "BENTOML_DO_NOT_TRACK": "true",
+            # The settings object's values, not the environment's: a caller may have made its own.
+            **log_environment(self.settings.environment()),
+            LOG_DIR_VARIABLE: str(self.settings.predictions_dir),
         }
         env.pop(DEFAULT_MODEL_VARIABLE, None)
         if self.settings.default_model:

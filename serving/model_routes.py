@@ -81,7 +81,9 @@ def describe_model(meta: ModelMetadata) -> str:
         "**Try it:** open `POST /predict` below, press *Try it out*, choose a PNG or JPEG image and press "
         f"*Execute*. Images of any size, gray or color, are converted to {height}x{width} "
         f"{'gray' if channels == 1 else 'color'} as the training data was. "
-        "`GET /metadata` tells which model answers.\n\n[All served models](/)"
+        "`GET /metadata` tells which model answers, and under `prediction_log` what the answering worker "
+        "recorded of its predictions (each answer's `X-Request-ID` names its record) and dropped, if any."
+        "\n\n[All served models](/)"
     )
 
 

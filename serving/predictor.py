@@ -89,17 +89,18 @@ class OnnxPredictor:
             "model_version": self.metadata.model_version,
         }
 
-    def predict_image(self, data: bytes, *, source: str = "image") -> dict[str, Any]:
-        """Predict one encoded image (PNG or JPEG of any size, gray or color), converted as the training data was.
+    def decode(self, data: bytes, *, source: str = "image") -> np.ndarray:
+        """One encoded image (PNG or JPEG of any size, gray or color) as the model's uint8 input
+        (1, C, H, W), converted as the training data was.
 
         Raises:
             ImageDecodeError: the bytes are not a readable image (or too many pixels for one).
         """
-        array = self.preprocessing.decode(data, source=source)
-        return self.describe(self.probabilities(array[np.newaxis])[0])
+        return self.preprocessing.decode(data, source=source)[np.newaxis]
 
-    def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
-        """Predict a batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray models.
+    def check_arrays(self, images: np.ndarray) -> np.ndarray:
+        """A batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray
+        models, as the model's uint8 input (N, C, H, W).
 
         Raises:
             InputError: the shape or values do not fit the model.
@@ -116,5 +117,21 @@ class OnnxPredictor:
             raise InputError("images must hold finite numbers (pixel values 0-255)")
         if images.min() < 0 or images.max() > 255:
             raise InputError(f"pixel values must lie in 0-255; got {float(images.min())} to {float(images.max())}")
-        pixels = np.rint(images).astype(np.uint8)
-        return [self.describe(row) for row in self.probabilities(pixels)]
+        pixels: np.ndarray = np.rint(images).astype(np.uint8)
+        return pixels
+
+    def predict_image(self, data: bytes, *, source: str = "image") -> dict[str, Any]:
+        """Predict one encoded image (PNG or JPEG of any size, gray or color), converted as the training data was.
+
+        Raises:
+            ImageDecodeError: the bytes are not a readable image (or too many pixels for one).
+        """
+        return self.describe(self.probabilities(self.decode(data, source=source))[0])
+
+    def predict_arrays(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Predict a batch of pixel arrays (values 0-255) shaped (N, C, H, W), or (N, H, W) for gray models.
+
+        Raises:
+            InputError: the shape or values do not fit the model.
+        """
+        return [self.describe(row) for row in self.probabilities(self.check_arrays(images))]

@@ -20,6 +20,8 @@ stock service's CPU. So this service runs lean (measured in benchmarks/serving.p
   pydantic; answers are serialized once, as JSON, not validated again on the way out.
 - ``ONEBOX_SERVE_WORKERS`` worker processes (default 2); uvloop and httptools (installed with
   the service) replace the pure-Python event loop and HTTP parser.
+- every prediction is logged (serving/prediction_log.py), but all a request does for it is hand
+  its arrays and bytes to a queue: the JSON, digests, PNGs and files are a thread's work.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,14 +44,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.errors import UnwrapErrorMiddleware
+from serving.log_settings import PredictionLogConfig
 from serving.metadata import WORKERS_VARIABLE
 from serving.model_routes import MODEL_SCOPE_KEY, ModelRoutes, ServedModels, describe_model
+from serving.prediction_log import PredictionLog
 from serving.predictor import OnnxPredictor
 from serving.uploads import UploadError, read_file_field
 from storage.errors import ModelError
 from storage.images import ImageDecodeError
 
 ACCESS_LOG_VARIABLE = "ONEBOX_SERVE_ACCESS_LOG"
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's request id is kept when it looks like one (a UUID, nginx's $request_id, a trace id);
+# anything else (too long, spaces, control characters) is replaced, so the log holds no junk.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 web = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -99,9 +109,15 @@ class Predictions(RootModel[list[Prediction]]):
     """One answer per image, in order."""
 
 
-def json_response(answer: Any) -> Response:
+def json_response(answer: Any, request_id: str) -> Response:
     # Serialized here rather than by BentoML's output machinery, which validates the answer again.
-    return Response(json.dumps(answer), media_type="application/json")
+    return Response(json.dumps(answer), media_type="application/json", headers={REQUEST_ID_HEADER: request_id})
+
+
+def request_id_of(request: Request) -> str:
+    """The client's X-Request-ID when it is a sane one, else a new random one."""
+    sent = request.headers.get(REQUEST_ID_HEADER)
+    return sent if sent is not None and SANE_REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
 
 
 @bentoml.service(
@@ -122,6 +138,8 @@ class Classifier:
         models = ServedModels.from_environment()
         self.predictors = {name: OnnxPredictor.from_directory(bundle) for name, bundle in models.bundles.items()}
         self.default = self.predictors[models.default]
+        # Every prediction is recorded by a thread of this worker (serving/prediction_log.py).
+        self.log = PredictionLog(PredictionLogConfig.from_environment(), models.metadata).start()
         # Everything imported and built so far lives as long as the worker. Frozen, the garbage
         # collector stops scanning it: a full collection took about 65 ms here, long enough to
         # show in the 99th-percentile latency.
@@ -129,24 +147,42 @@ class Classifier:
 
     @bentoml.api(route="/predict", input_spec=ImageUpload, output_spec=Prediction)  # type: ignore[untyped-decorator, unused-ignore]
     async def predict(self, image: bytes, ctx: bentoml.Context) -> Response:
-        """Upload one PNG or JPEG image (any size, gray or color); get its label and probabilities."""
+        """Upload one PNG or JPEG image (any size, gray or color); get its label and probabilities.
+
+        The answer's `X-Request-ID` header names the prediction in the log (the client's own, when it sent one)."""
+        predictor = self._predictor(ctx.request)
         try:
-            return json_response(self._predictor(ctx.request).predict_image(image, source="image"))
+            pixels = predictor.decode(image, source="image")
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
+        probabilities, embeddings = predictor.infer(pixels)
+        request_id = request_id_of(ctx.request)
+        self.log.submit_upload(predictor.metadata.model_name, request_id, image, probabilities, embeddings)
+        return json_response(predictor.describe(probabilities[0]), request_id)
 
     @bentoml.api(route="/predict_batch", output_spec=Predictions)  # type: ignore[untyped-decorator, unused-ignore]
     async def predict_batch(self, images: np.ndarray, ctx: bentoml.Context) -> Response:
-        """Classify a batch of pixel arrays (0-255) shaped like the model input (see /metadata)."""
+        """Classify a batch of pixel arrays (0-255) shaped like the model input (see /metadata).
+
+        The answer's `X-Request-ID` header names the predictions in the log, one record per image."""
+        predictor = self._predictor(ctx.request)
         try:
-            return json_response(self._predictor(ctx.request).predict_arrays(np.asarray(images)))
+            pixels = predictor.check_arrays(np.asarray(images))
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
+        probabilities, embeddings = predictor.infer(pixels)
+        request_id = request_id_of(ctx.request)
+        self.log.submit_batch(predictor.metadata.model_name, request_id, pixels, probabilities, embeddings)
+        return json_response([predictor.describe(row) for row in probabilities], request_id)
 
     @web.get("/metadata")
     def metadata(self, request: Request) -> dict[str, Any]:
-        """Which model this is: name, version, MLflow run id, dataset version and test metrics."""
-        return self._predictor(request).metadata.to_dict()
+        """Which model this is: name, version, MLflow run id, dataset version and test metrics; and
+        `prediction_log`: what the answering worker process logged of this model's predictions since
+        it started (records written; dropped, because its queue was full or the folder unwritable;
+        inputs kept), never a failed request."""
+        predictor = self._predictor(request)
+        return {**predictor.metadata.to_dict(), "prediction_log": self.log.stats(predictor.metadata.model_name)}
 
     def _predictor(self, request: Request) -> OnnxPredictor:
         # ModelRoutes put the model's name there, having checked it is served; absent: the default.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,7 +42,9 @@ class PredictionRecord:
     image: str | None = None  # path of the kept input, relative to the model's folder; None: not kept
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # A shallow dict: asdict() deep-copies every float of the embedding first, which cost
+        # more than the JSON encoding itself (the writer thread encodes each record once).
+        return json.dumps({spec.name: getattr(self, spec.name) for spec in fields(self)}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> PredictionRecord:
@@ -69,11 +71,13 @@ def append_records(predictions_dir: Path, writer: str, records: Iterable[Predict
         OSError: the folder cannot be written (a full disk, no permission): the caller counts the
             records as dropped.
     """
-    by_file: dict[Path, list[str]] = {}
+    by_day: dict[tuple[str, str], list[str]] = {}  # (model, YYYYMMDD): lines (a path per record cost more)
     for record in records:
-        day = record.time[:10].replace("-", "")
-        path = model_log_dir(predictions_dir, record.model) / RECORDS_FOLDER / day / f"{writer}.jsonl"
-        by_file.setdefault(path, []).append(record.to_json())
+        by_day.setdefault((record.model, record.time[:10].replace("-", "")), []).append(record.to_json())
+    by_file = {
+        model_log_dir(predictions_dir, model) / RECORDS_FOLDER / day / f"{writer}.jsonl": lines
+        for (model, day), lines in by_day.items()
+    }
     for path, lines in by_file.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         # One write of whole lines: a reader never sees half a record unless the writer dies mid-write.

@@ -70,6 +70,29 @@ class Settings(BaseSettings):
     )
     drain_s: float = Field(default=5.0, ge=0, description="How long the old model color keeps serving after a swap.")
     wheelhouse: Path | None = Field(default=None, description="Wheel cache; default ~/.cache/onebox/wheelhouse.")
+    # The prediction log (serving/prediction_log.py). The model servers read these from their
+    # environment under the same names: the serving image has no pydantic-settings.
+    prediction_log: bool = Field(
+        default=True, description="Record every prediction of every served model in $ONEBOX_HOME/predictions/NAME."
+    )
+    keep_inputs: bool = Field(
+        default=True, description="Keep each logged prediction's input image too (what gets labeled)."
+    )
+    kept_inputs_max_mb: float = Field(
+        default=500.0, gt=0, description="Kept input images of one model, at most (MB); the oldest go first."
+    )
+    prediction_log_max_mb: float = Field(
+        default=1000.0, gt=0, description="Prediction records of one model, at most (MB); the oldest days go first."
+    )
+    prediction_log_days: int = Field(
+        default=30, ge=1, le=36500, description="Records and kept images older than this many days are deleted."
+    )
+    prediction_log_queue: int = Field(
+        default=10000,
+        ge=1,
+        le=1_000_000,
+        description="Records waiting to be written, at most, per server worker; beyond it they are dropped (counted).",
+    )
 
     @field_validator("subnet")
     @classmethod

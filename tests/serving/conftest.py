@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.servers import free_port
 from serving.local import LocalRuntime
-from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
+from serving.metadata import EMBEDDING_OUTPUT, LOGITS_OUTPUT, METADATA_FILE, MODEL_FILE, ModelMetadata
 from storage.settings import Settings
 
 
@@ -29,21 +29,33 @@ def write_bundle(
     image_shape: tuple[int, int, int],
     accuracy: float = 0.9,
     trained: str = "2026-12-01T20:00:00+00:00",
+    embedding: int = 0,
 ) -> Path:
-    """A model bundle whose class ``k`` wins when pixel ``k`` (in flattened order) is the brightest."""
+    """A model bundle whose class ``k`` wins when pixel ``k`` (in flattened order) is the brightest.
+
+    ``embedding`` > 0 adds the second output a trained model's export has, ``embedding``: here the
+    first ``embedding`` pixels of the flattened input (0: logits only, as bundles from before it)."""
     features = int(np.prod(image_shape))
     weights = np.zeros((features, len(classes)), dtype=np.float32)
     weights[np.arange(len(classes)), np.arange(len(classes))] = 10.0
     bias = np.linspace(0.1, 0.0, len(classes), dtype=np.float32)  # a blank image: the first class
+    nodes = [
+        helper.make_node("Flatten", ["images"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "weights", "bias"], [LOGITS_OUTPUT]),
+    ]
+    outputs = [helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["batch", len(classes)])]
+    initializer = [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")]
+    if embedding:
+        projection = np.eye(features, embedding, dtype=np.float32)
+        nodes.append(helper.make_node("MatMul", ["flat", "projection"], [EMBEDDING_OUTPUT]))
+        outputs.append(helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", embedding]))
+        initializer.append(numpy_helper.from_array(projection, "projection"))
     graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["images"], ["flat"], axis=1),
-            helper.make_node("Gemm", ["flat", "weights", "bias"], ["logits"]),
-        ],
+        nodes,
         "bundle",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", *image_shape])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(classes)])],
-        initializer=[numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+        outputs,
+        initializer=initializer,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -77,10 +89,15 @@ COLORS_SHAPE = (3, 16, 16)
 COLORS = ("red", "green", "blue")
 
 
-def digits_bundle(folder: Path, version: str = "1") -> Path:
-    """A gray 8x8 10-class model named ``digits``."""
+def digits_bundle(folder: Path, version: str = "1", *, embedding: int = 0) -> Path:
+    """A gray 8x8 10-class model named ``digits`` (``embedding``: with an embedding output that wide)."""
     return write_bundle(
-        folder, model_name="digits", version=version, classes=tuple(str(d) for d in range(10)), image_shape=DIGITS_SHAPE
+        folder,
+        model_name="digits",
+        version=version,
+        classes=tuple(str(d) for d in range(10)),
+        image_shape=DIGITS_SHAPE,
+        embedding=embedding,
     )
 
 

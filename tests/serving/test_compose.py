@@ -34,7 +34,9 @@ from serving.docker_client import docker_client
 from serving.image_builds import remove_model_images
 from serving.loadtest import SteadyLoad
 from serving.metadata import METADATA_FILE, MODEL_FILE, ModelMetadata
+from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
+from storage.prediction_log import PredictionRecord, model_log_dir, read_records
 from storage.settings import Settings
 from tests.conftest import isolated_appliance, png_bytes
 from tests.flows.generated import generated_dataset
@@ -205,6 +207,37 @@ def test_two_models_serve_side_by_side(appliance: Settings, models: Models) -> N
     assert runtime.default_model() == models.digits
     assert httpx.get(f"{appliance.serve_url}/metadata").json()["model_name"] == models.digits
     assert "<html" in httpx.get(f"{colors_url}/").text.lower()  # its own Swagger page
+
+
+def test_each_models_color_writes_its_prediction_log_into_the_hosts_home(appliance: Settings, models: Models) -> None:
+    # digits (the default: 2 workers under bentoml serve) and colors (1 worker: serving.single_process)
+    for name, shape in ((models.digits, DIGITS_SHAPE), (models.colors, COLOR_SHAPE)):
+        url = f"{appliance.serve_url}/models/{name}"
+        pixels = np.zeros(shape[1:] if shape[0] == 1 else (shape[1], shape[2], shape[0]), np.uint8)
+        pixels.reshape(-1)[1] = 255
+        answer = httpx.post(
+            f"{url}/predict",
+            files={"image": ("x.png", png_bytes(pixels), "image/png")},
+            headers={"X-Request-ID": f"appliance-{name}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Request-ID"] == f"appliance-{name}"
+
+        def logged(name: str = name) -> PredictionRecord:
+            found = [r for r in read_records(appliance.predictions_dir, name) if r.request_id == f"appliance-{name}"]
+            if not found:
+                raise NotYet(f"no record of {name} in {appliance.predictions_dir} yet")
+            return found[0]
+
+        record = wait_for(logged, timeout_s=60, what=f"{name}'s record on the host")
+        assert (record.model, record.version, record.label) == (name, "1", answer.json()["label"])
+        assert record.image is not None
+        kept = model_log_dir(appliance.predictions_dir, name) / record.image
+        assert kept.read_bytes() == png_bytes(pixels)  # readable by the host's user (the flows)
+        stats = httpx.get(f"{url}/metadata").json()["prediction_log"]
+        assert stats["enabled"]
+        assert stats["dropped_unwritable"] == 0, stats
 
 
 def test_an_unknown_model_is_a_404_listing_the_served_ones(appliance: Settings, models: Models) -> None:
