@@ -27,13 +27,19 @@ class FlowEntry:
     name: str  # the flow's name, as the Prefect UI lists it
     entrypoint: str  # file path relative to SOURCE_ROOT, then the flow function
     tags: tuple[str, ...]
+    cron: str | None = None  # a schedule (UTC); None: started by hand, from the UI or the CLI
 
 
 FLOWS = (
     FlowEntry("training-pipeline", "flows/pipeline.py:training_pipeline", ("training",)),
     FlowEntry("rollback", "flows/operations.py:rollback_production", ("serving",)),
+    # Daily: a small team's traffic fills a window in about a day.
+    FlowEntry("drift-check", "flows/drift_flow.py:drift_check_flow", ("monitoring",), cron="0 5 * * *"),
+    # Started by an event (flows/retraining.py's trigger); the reconcile catches a lost one.
     FlowEntry("retrain", "flows/retraining.py:retrain_on_new_data", ("training", "retrain")),
-    FlowEntry("retrain-reconcile", "flows/retraining.py:retrain_reconcile", ("training", "retrain")),
+    FlowEntry(
+        "retrain-reconcile", "flows/retraining.py:retrain_reconcile", ("training", "retrain"), cron="*/5 * * * *"
+    ),
 )
 
 
@@ -119,16 +125,14 @@ def _field_labels(function: Callable[..., Any]) -> dict[str, dict[str, str]]:
 
 
 def _starts(flow_name: str) -> dict[str, Any]:
-    """What starts a flow's runs besides the Run button: a trigger on an event, or a schedule.
+    """What starts a flow's runs besides the Run button and its schedule: a trigger on an event.
 
-    Registering again replaces the deployment's automations and schedules, so none is doubled.
+    Registering again replaces the deployment's automations, so none is doubled.
     """
     from flows import retraining
 
     if flow_name == "retrain":
         return {"triggers": [retraining.retraining_trigger()]}
-    if flow_name == "retrain-reconcile":
-        return {"interval": retraining.RECONCILE_INTERVAL}
     return {}
 
 
@@ -151,6 +155,7 @@ def register_all(settings: Settings) -> list[Registered]:
             version=version,
             description=flow.description,
             enforce_parameter_schema=True,  # the API rejects bad values before a run exists
+            cron=entry.cron,
             **_starts(entry.name),
         )
         properties = deployment._parameter_openapi_schema.properties

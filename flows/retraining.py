@@ -4,7 +4,8 @@ A dataset version made for retraining (an inbox merge: its lineage names the mod
 ``onebox.dataset.version.created``; a deployment trigger on the ``retrain`` flow (an automation of
 the Prefect server, see :func:`retraining_trigger`) runs it with the event's dataset, version and
 model. Events can be lost (a closed websocket, an invalid event in the same batch: STACK-NOTES),
-so ``retrain-reconcile`` runs on a schedule and starts any version that was missed.
+so ``retrain-reconcile`` runs on a schedule (every 5 minutes, flows/deployments.py) and starts any
+version that was missed.
 
 Both end in :func:`start_retraining`, which creates the training deployment's flow run with an
 idempotency key per (model, dataset, version): the Prefect server keeps one flow run per key, so
@@ -16,7 +17,6 @@ from __future__ import annotations
 import ast
 import json
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 TRAINING_FLOW = "training-pipeline"
 RETRAIN_TAG = "retrain"  # on every flow run started here: the UI filters retrainings by it
-RECONCILE_INTERVAL = timedelta(minutes=5)
 
 
 def retraining_key(model: str, dataset: str, version: str) -> str:

@@ -21,6 +21,7 @@ from flows import (
     model_record,
     prepare,
     promote,
+    reference,
     report,
     tracking,
     train,
@@ -163,6 +164,7 @@ def export_model(data: prepare.PreparedData, training: train.TrainingResult, fol
         f"{check.top1_agreement:.4f}; batch-1 latency torch {check.torch_latency_ms[1]:.3f} ms, "
         f"ONNX Runtime {check.onnx_latency_ms[1]:.3f} ms"
     )
+    print(reference.describe(reference.write_reference(onnx_path, data), check))  # logged, bundled with the graph
     return check
 
 

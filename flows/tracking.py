@@ -17,6 +17,7 @@ from flows.evaluate import Evaluation
 from flows.export import ExportCheck
 from flows.prepare import PreparedData
 from flows.train import TrainingResult
+from serving.metadata import EMBEDDING_OUTPUT, LOGITS_OUTPUT, REFERENCE_FILE
 from storage.errors import ModelError
 from storage.model_binding import binding_tags
 from storage.registry import MODEL_CARD, configure_mlflow
@@ -112,14 +113,16 @@ def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:
     MlflowClient(settings.mlflow_tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
-def onnx_signature(image_shape: tuple[int, int, int], num_classes: int) -> Any:
-    """The served graph's interface: float ``images`` (N, C, H, W) in [0, 1] to ``logits`` (N, classes)."""
+def onnx_signature(image_shape: tuple[int, int, int], num_classes: int, embedding_size: int = 0) -> Any:
+    """The served graph's interface: float ``images`` (N, C, H, W) in [0, 1] to ``logits`` (N, classes),
+    and ``embedding`` (N, D) when the graph has one (``embedding_size`` > 0)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     images = TensorSpec(np.dtype(np.float32), (-1, *image_shape), name="images")
-    logits = TensorSpec(np.dtype(np.float32), (-1, num_classes), name="logits")
-    return ModelSignature(inputs=Schema([images]), outputs=Schema([logits]))
+    logits = TensorSpec(np.dtype(np.float32), (-1, num_classes), name=LOGITS_OUTPUT)
+    embedding = TensorSpec(np.dtype(np.float32), (-1, embedding_size), name=EMBEDDING_OUTPUT)
+    return ModelSignature(inputs=Schema([images]), outputs=Schema([logits, embedding] if embedding_size else [logits]))
 
 
 def log_training(
@@ -170,6 +173,9 @@ def log_training(
         evaluation_path = Path(folder) / "evaluation.json"
         evaluation_path.write_text(json.dumps(evaluation.to_dict(), indent=2))
         client.log_artifact(run_id, str(evaluation_path))
+    reference_path = onnx_path.with_name(REFERENCE_FILE)  # the drift reference, written beside the export
+    if reference_path.is_file():
+        client.log_artifact(run_id, str(reference_path))
 
     # The models go first: MLflow links every metric the run has so far to each model it logs,
     # reading each one's history back (two requests per metric and model); the test metrics are
@@ -192,7 +198,7 @@ def log_training(
             onnx.load(str(onnx_path)),
             name=ONNX_MODEL,
             # Given, not inferred: the registered model says what it takes and returns, as the torch one does.
-            signature=onnx_signature(dataset.image_shape, len(dataset.classes)),
+            signature=onnx_signature(dataset.image_shape, len(dataset.classes), export.embedding_size),
             input_example={"images": example},
             save_as_external_data=False,  # one self-contained file to serve
             onnx_execution_providers=["CPUExecutionProvider"],

@@ -27,6 +27,9 @@ EXPERIMENT_NAME = "onebox"
 PRODUCTION = "production"
 PREVIOUS = "previous"
 MODEL_CARD = "model_card.json"  # run artifact: classes, image shape, lineage, metrics
+# Run artifact and bundle file: the drift reference (serving.metadata.REFERENCE_FILE; storage
+# imports no serving). Runs from before it have none, and their bundles go without.
+REFERENCE_ARTIFACT = "reference.npz"
 # Models registered before models were named (one for everything); such a home keeps serving it.
 LEGACY_MODEL_NAME = "onebox-classifier"
 MODEL_NAME_TAG = "onebox.model_name"  # run tag: the registered model the run trains a version of
@@ -41,25 +44,26 @@ class RegisteredVersion:
     source: str
 
 
-def configure_mlflow(settings: Settings) -> str:
-    """Point MLflow at onebox's store and return the experiment id (created on first use)."""
+def configure_mlflow(settings: Settings, experiment_name: str = EXPERIMENT_NAME) -> str:
+    """Point MLflow at onebox's store and return the experiment's id (created on first use): the
+    training runs' by default, or another of onebox's (the drift checks' monitoring experiment)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     settings.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
         # A local store keeps artifacts beside its database; a tracking server chooses (and serves) its own.
         local = not settings.mlflow_tracking_uri.startswith(("http://", "https://"))
         artifact_location = settings.mlflow_artifacts_dir.as_uri() if local else None
-        return str(mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location))
+        return str(mlflow.create_experiment(experiment_name, artifact_location=artifact_location))
     except mlflow.exceptions.MlflowException:
         # Another process created it between our look-up and create.
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+        experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is None:
             raise
         return str(experiment.experiment_id)
@@ -154,7 +158,8 @@ def bundle_dir(settings: Settings, name: str, version: str) -> Path:
 
 
 def materialize_bundle(settings: Settings, name: str, version: str) -> Path:
-    """The served-model folder of a registered version (model.onnx + metadata.json).
+    """The served-model folder of a registered version (model.onnx + metadata.json, and the drift
+    reference when its run saved one).
 
     Built from the registry the first time, so any registered version can be served again
     on a machine that only has the MLflow store.
@@ -183,6 +188,11 @@ def materialize_bundle(settings: Settings, name: str, version: str) -> Path:
         shutil.copyfile(onnx_files[0], final / "model.onnx")
         metadata = {**card, "model_name": name, "model_version": version, "run_id": registered.run_id}
         (final / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        if any(item.path == REFERENCE_ARTIFACT for item in mlflow_client(settings).list_artifacts(registered.run_id)):
+            reference = mlflow.artifacts.download_artifacts(
+                run_id=registered.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=str(staging / "reference")
+            )
+            shutil.copyfile(reference, final / REFERENCE_ARTIFACT)
         if target.exists():
             shutil.rmtree(target)
         final.rename(target)

@@ -93,6 +93,21 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Records waiting to be written, at most, per server worker; beyond it they are dropped (counted).",
     )
+    # The drift check (flows/drift.py): the newest records of the served version against its reference.
+    drift_window: int = Field(default=500, ge=10, le=100_000, description="Newest predictions a drift check compares.")
+    drift_min_records: int = Field(
+        default=100, ge=10, description="Fewer predictions than this: the drift check says not enough data."
+    )
+    drift_false_alarm_rate: float = Field(
+        default=0.01, gt=0, lt=1, description="How often a drift check may flag clean traffic, all tests together."
+    )
+    drift_permutations: int = Field(default=1000, ge=100, le=100_000, description="Of the embedding's MMD test.")
+    drift_low_confidence: float = Field(
+        default=0.5, ge=0, le=1, description="A prediction less confident than this goes to the labeling inbox."
+    )
+    drift_inbox_per_check: int = Field(
+        default=50, ge=0, le=10_000, description="At most this many images a drift check adds to a model's inbox."
+    )
 
     @field_validator("subnet")
     @classmethod

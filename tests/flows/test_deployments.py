@@ -38,7 +38,8 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) ->
         up = subprocess.run([ONEBOX, "up"], capture_output=True, text=True, timeout=900, check=False)
         assert up.returncode == 0, up.stdout + up.stderr
         assert (
-            "deployments: training-pipeline/onebox, rollback/onebox, retrain/onebox, retrain-reconcile/onebox"
+            "deployments: training-pipeline/onebox, rollback/onebox, drift-check/onebox, retrain/onebox, "
+            "retrain-reconcile/onebox"
         ) in up.stdout
         yield settings
 

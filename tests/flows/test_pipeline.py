@@ -29,7 +29,9 @@ def test_run_is_tracked_registered_promoted_and_served(trained: TrainedPipeline)
     assert len(client.get_metric_history(result.run_id, "val_accuracy")) == 10
     assert run.data.tags["onebox.gate"] == "passed"
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"model_card.json", "evaluation.json"} <= artifacts
+    assert {"model_card.json", "evaluation.json", "reference.npz"} <= artifacts  # the drift reference too
+    assert run.data.metrics["onnx_embedding_size"] == 128
+    assert run.data.metrics["onnx_max_abs_embedding_diff"] < 1e-3
 
     production = version_by_alias(settings, "digits", PRODUCTION)
     assert production is not None

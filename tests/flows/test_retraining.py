@@ -284,7 +284,6 @@ def test_the_reconcile_starts_what_a_lost_event_missed_and_nothing_twice(server:
 @pytest.mark.slow
 def test_the_reconcile_is_deployed_on_a_schedule_and_the_trigger_as_an_automation(server: Settings) -> None:
     from flows.deployments import deployment_name, register_all
-    from flows.retraining import RECONCILE_INTERVAL
 
     register_all(server)  # again: nothing doubles
     with _client() as client:
@@ -293,7 +292,7 @@ def test_the_reconcile_is_deployed_on_a_schedule_and_the_trigger_as_an_automatio
         automations = client.read_automations_by_name("retrain on a new dataset version")
     (schedule,) = reconcile.schedules
     assert schedule.active
-    assert schedule.schedule.interval == RECONCILE_INTERVAL
+    assert schedule.schedule.cron == "*/5 * * * *"
     (automation,) = automations
     assert automation.enabled
     (action,) = automation.actions
