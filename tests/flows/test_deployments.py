@@ -7,8 +7,6 @@ one `onebox worker` on this host polling the pool `onebox`.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -42,31 +40,6 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) ->
             "retrain-reconcile/onebox"
         ) in up.stdout
         yield settings
-
-
-@pytest.fixture(scope="module")
-def worker(appliance: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`onebox worker` as a user starts it; yields its log file."""
-    from flows.remote import online_workers
-
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [ONEBOX, "worker", "--name", "test-worker", "--poll-seconds", "2"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its flow-run processes go down with it
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "test-worker" not in online_workers():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"the worker never came online:\n{log.read_text()}"
-            time.sleep(1)
-        yield log
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 def _client() -> Any:
