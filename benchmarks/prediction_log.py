@@ -98,7 +98,12 @@ def _row(measured: list[LoadResult], cpu_ms: list[float]) -> dict[str, Any]:
 
 
 def measure_prediction_log(
-    bundle: Path, *, workers: int = 1, rounds: int = ROUNDS, seconds: float = SECONDS
+    bundle: Path,
+    *,
+    workers: int = 1,
+    rounds: int = ROUNDS,
+    seconds: float = SECONDS,
+    connection_counts: tuple[int, ...] = CONNECTIONS,
 ) -> dict[str, Any]:
     """Log on vs off over HTTP at 8 and 64 connections, and the on-server's records against its answers."""
     wrk = ensure_wrk()
@@ -137,7 +142,7 @@ def measure_prediction_log(
                 )
             ).pid
         answered = 1  # the probe
-        for connections in CONNECTIONS:
+        for connections in connection_counts:
             measured: dict[str, list[LoadResult]] = {name: [] for name in environments}
             cpu_ms: dict[str, list[float]] = {name: [] for name in environments}
             for _ in range(rounds):
@@ -175,6 +180,8 @@ def measure_prediction_log(
         "missing": max(0, answered - on_disk),
         "dropped": stats["dropped"],
         "queue_bound": stats["queue_bound"],
+        # The writer thread's own share of the log-on server's CPU per request.
+        "writer_cpu_ms_per_record": round(stats["writer_cpu_s"] * 1000 / max(1, stats["written"]), 3),
     }
     results["writer_unique_inputs"] = measure_writer(bundle)
     return results
@@ -222,11 +229,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--connections", type=int, nargs="+", default=list(CONNECTIONS))
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="onebox-bench-bundle-") as folder:
         bundle = arguments.bundle or generated_bundle(Path(folder) / "bundle")
         results = measure_prediction_log(
-            bundle, workers=arguments.workers, rounds=arguments.rounds, seconds=arguments.seconds
+            bundle,
+            workers=arguments.workers,
+            rounds=arguments.rounds,
+            seconds=arguments.seconds,
+            connection_counts=tuple(arguments.connections),
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,5 +1,7 @@
 """What the prediction log keeps on disk, and for how long: kept input images and record files.
 
+(And how an input is kept: an upload as its own format, a pixel array as a PNG.)
+
 Both live in the model's folder of the log (storage/prediction_log.py). Inputs are kept by
 content (``images/AB/SHA.EXT``), so an image seen a thousand times is one file; seeing it again
 touches it, so "oldest first" means "least recently seen first". Each model has a size cap for its
@@ -14,12 +16,15 @@ cap is reached, so no process needs to know what the others wrote.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import numpy as np
 
 from storage.prediction_log import IMAGES_FOLDER, RECORDS_FOLDER, image_path, model_log_dir
 
@@ -164,3 +169,34 @@ def enforce_record_limits(predictions_dir: Path, model: str, *, max_bytes: int, 
         with contextlib.suppress(OSError):  # not empty, or removed by another writer
             day.rmdir()  # an empty day folder left behind
     return deleted
+
+
+# The signatures of the formats people upload: read from the first bytes, no decoder needed.
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"))
+
+
+def upload_extension(data: bytes) -> str:
+    """The file extension of an upload's own format (it decoded as an image already)."""
+    for signature, extension in SIGNATURES:
+        if data.startswith(signature):
+            return extension
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = (image.format or "").lower()
+    except Exception:  # decoded once already; a format Pillow names differently is still kept
+        kind = ""
+    return {"jpeg": "jpg", "tiff": "tif", "": "img"}.get(kind, kind)
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    """A PNG of one (C, H, W) uint8 input: gray for one channel, RGB for three."""
+    from PIL import Image
+
+    image = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import io
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.log_retention import MB, KeptInputs, enforce_record_limits
+from serving.log_retention import MB, KeptInputs, enforce_record_limits, png_of, upload_extension
 from serving.log_settings import LOG_DIR_VARIABLE, PredictionLogConfig
 from serving.metadata import ModelMetadata
 from storage.prediction_log import PredictionRecord, append_records, writer_name
@@ -86,6 +85,7 @@ class PredictionLog:
         self._stopping = False
         self._warned: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        self.writer_cpu_s = 0.0  # the writer thread's CPU time so far (what the log costs, beside the queue)
         directory = self.config.directory or Path()
         self.inputs = KeptInputs(
             directory, max_bytes=int(self.config.kept_inputs_max_mb * MB), days=self.config.prediction_log_days
@@ -108,16 +108,16 @@ class PredictionLog:
     def submit_upload(self, model: str, request_id: str, upload: bytes, probabilities: np.ndarray,
                       embeddings: np.ndarray | None) -> None:  # fmt: skip
         """Queue the record of one uploaded image (its bytes as sent are kept, when kept)."""
-        self._submit(Pending(model, request_id, time.time(), probabilities, embeddings, upload, None))
+        if self.config.enabled:
+            self._submit(Pending(model, request_id, time.time(), probabilities, embeddings, upload, None))
 
     def submit_batch(self, model: str, request_id: str, pixels: np.ndarray, probabilities: np.ndarray,
                      embeddings: np.ndarray | None) -> None:  # fmt: skip
         """Queue the records of a batch of pixel arrays (each kept as a PNG, when kept)."""
-        self._submit(Pending(model, request_id, time.time(), probabilities, embeddings, None, pixels))
+        if self.config.enabled:
+            self._submit(Pending(model, request_id, time.time(), probabilities, embeddings, None, pixels))
 
     def _submit(self, pending: Pending) -> None:
-        if not self.enabled:
-            return
         count = len(pending.probabilities)
         with self._lock:
             if self._queued + count > self.config.prediction_log_queue:
@@ -148,6 +148,7 @@ class PredictionLog:
             "writer": self.writer,
             "queue_bound": self.config.prediction_log_queue,
             "queued": self._queued,
+            "writer_cpu_s": round(self.writer_cpu_s, 3),
             "dropped": dropped,
             **counts,
         }
@@ -192,6 +193,7 @@ class PredictionLog:
             finally:
                 with self._lock:
                     self._queued -= sum(len(pending.probabilities) for pending in taken)
+                self.writer_cpu_s = time.thread_time()
             if stopping:
                 return
 
@@ -239,14 +241,14 @@ class PredictionLog:
     def _input(self, pending: Pending, row: int) -> tuple[str, str | None]:
         """The input's digest, and where it is kept (None: not kept)."""
         if pending.upload is not None:
-            data, extension = pending.upload, _upload_extension(pending.upload)
+            data, extension = pending.upload, upload_extension(pending.upload)
             sha256 = hashlib.sha256(data).hexdigest()
             encoded = lambda: data  # noqa: E731 -- the bytes as sent
         else:
             assert pending.pixels is not None
             pixels = np.ascontiguousarray(pending.pixels[row])
             sha256, extension = hashlib.sha256(pixels.tobytes()).hexdigest(), "png"
-            encoded = lambda: _png(pixels)  # noqa: E731 -- encoded only when not kept yet
+            encoded = lambda: png_of(pixels)  # noqa: E731 -- encoded only when not kept yet
         if not self.config.keep_inputs:
             return sha256, None
         counts = self.counts[pending.model]
@@ -284,34 +286,3 @@ class PredictionLog:
         if now - self._warned.get(cause, -WARNING_INTERVAL_S) >= WARNING_INTERVAL_S:
             self._warned[cause] = now
             logger.warning("%s (counted in /metadata prediction_log)", message)
-
-
-# The signatures of the formats people upload: read from the first bytes, no decoder needed.
-SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"))
-
-
-def _upload_extension(data: bytes) -> str:
-    """The file extension of an upload's own format (it decoded as an image already)."""
-    for signature, extension in SIGNATURES:
-        if data.startswith(signature):
-            return extension
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = (image.format or "").lower()
-    except Exception:  # decoded once already; a format Pillow names differently is still kept
-        kind = ""
-    return {"jpeg": "jpg", "tiff": "tif", "": "img"}.get(kind, kind)
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    """A PNG of one (C, H, W) uint8 input: gray for one channel, RGB for three."""
-    from PIL import Image
-
-    image = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
-    return buffer.getvalue()

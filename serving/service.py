@@ -175,6 +175,11 @@ class Classifier:
         self.log.submit_batch(predictor.metadata.model_name, request_id, pixels, probabilities, embeddings)
         return json_response([predictor.describe(row) for row in probabilities], request_id)
 
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator, unused-ignore]
+    def write_what_the_log_has_queued(self) -> None:
+        """On a graceful stop (SIGTERM), before the worker exits: atexit alone came too late."""
+        self.log.close()
+
     @web.get("/metadata")
     def metadata(self, request: Request) -> dict[str, Any]:
         """Which model this is: name, version, MLflow run id, dataset version and test metrics; and
