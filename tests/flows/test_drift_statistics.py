@@ -134,3 +134,16 @@ def test_a_reference_round_trips_and_checks_its_shapes(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", probabilities=dirichlet(rng, 10), labels=np.arange(9))
     with pytest.raises(ModelError, match="mismatched shapes"):
         Reference.load(tmp_path / "bad.npz")
+
+
+def test_the_randomized_pca_of_a_wide_embedding_finds_its_top_directions() -> None:
+    from flows.drift import pca_projection
+
+    rng = np.random.default_rng(6)
+    signal = rng.normal(size=(400, 3)) * np.array([10.0, 6.0, 4.0])
+    wide = signal @ np.linalg.qr(rng.normal(size=(512, 3)))[0].T + rng.normal(scale=0.1, size=(400, 512))
+    _, directions = pca_projection(wide, components=10)  # 400 x 512: the randomized path
+    _, exact = np.linalg.svd(wide - wide.mean(0), full_matrices=False)[1:]
+    assert directions.shape == (512, 10)
+    for index in range(3):  # the strong directions agree up to sign
+        assert abs(float(directions[:, index] @ exact[index])) > 0.99
