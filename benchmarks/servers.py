@@ -38,6 +38,7 @@ def isolated_appliance_environment(label: str, home: Path) -> dict[str, str]:
         "ONEBOX_SERVE_PORT": str(free_port()),
         "ONEBOX_MLFLOW_PORT": str(free_port()),
         "ONEBOX_PREFECT_PORT": str(free_port()),
+        "ONEBOX_LABEL_PORT": str(free_port()),
     }
 
 

@@ -149,7 +149,12 @@ class ComposeRuntime:
             metadata = container_metadata(self._container(model.service(model.live_color)))
             blue, green = state.network.addresses(model.slot)
             entries.append(GatewayModel(model, (str(blue), str(green)), metadata))
-        return self.gateway.publish(entries, default=self.default_model())
+        return self.gateway.publish(entries, default=self.default_model(), labeling=self.labeling_address())
+
+    def labeling_address(self) -> str:
+        """host:port of the labeling service, on the host's network where it listens on ONEBOX_BIND."""
+        host = "127.0.0.1" if self.settings.bind in ("0.0.0.0", "::", "") else self.settings.bind
+        return f"{host}:{self.settings.label_port}"
 
     def deploy(self, bundle: Path) -> ServerState:
         """Swap the model ``bundle``'s metadata names for ``bundle``, with no failed requests on

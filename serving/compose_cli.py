@@ -23,6 +23,8 @@ from storage.settings import Settings
 SOURCE_VARIABLE = "ONEBOX_SOURCE"  # the checkout, mounted into the worker at the path it has here
 SETTINGS_FILE_VARIABLE = "ONEBOX_SETTINGS_FILE"  # the worker's env_file: every setting
 SETTINGS_FILE = "settings.env"
+# The labeling service runs as the owner of the onebox home: it writes there beside the host's commands.
+HOME_UID_VARIABLE, HOME_GID_VARIABLE = "ONEBOX_HOME_UID", "ONEBOX_HOME_GID"
 PREFIX = "ONEBOX_"
 
 
@@ -48,11 +50,15 @@ def compose_environment(settings: Settings, state: ApplianceState) -> dict[str, 
     """
     settings_file = settings.compose_dir / SETTINGS_FILE
     write_env_file(settings_file, settings.environment())
+    settings.home.mkdir(parents=True, exist_ok=True)
+    home = settings.home.stat()
     return {
         **settings.environment(),
         **{key: value for key, value in state.variables().items() if value},
         SOURCE_VARIABLE: str(SOURCE_ROOT),
         SETTINGS_FILE_VARIABLE: str(settings_file),
+        HOME_UID_VARIABLE: str(home.st_uid),
+        HOME_GID_VARIABLE: str(home.st_gid),
     }
 
 

@@ -19,7 +19,7 @@ from storage.errors import ServingError
 if TYPE_CHECKING:
     from serving.compose import ComposeRuntime
 
-APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway")
+APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway", "labeling")
 WORKER = "worker"  # the compose profile and service of the containerized Prefect worker
 GATEWAY_CONFIRM_TIMEOUT_S = 20.0
 

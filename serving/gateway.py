@@ -83,8 +83,9 @@ class Gateway:
     def live_color(self, model_name: str) -> str:
         return self._run("color", model_name)
 
-    def publish(self, models: list[GatewayModel], *, default: str | None) -> bool:
-        """Install the routes of ``models`` (every served model) and the index page, then reload.
+    def publish(self, models: list[GatewayModel], *, default: str | None, labeling: str | None = None) -> bool:
+        """Install the routes of ``models`` (every served model) and the index page, then reload;
+        ``labeling`` (host:port of the labeling service) adds ``/label/`` and the index's links to it.
 
         A reload lets requests in flight finish; client keep-alive connections that are idle at
         that moment are closed, so the first deploy of a new model (or the removal of one) is
@@ -98,15 +99,15 @@ class Gateway:
         """
         files = {
             "incoming/upstreams.conf": upstreams_conf(models),
-            "incoming/routes.conf": routes_conf(models, default=default),
-            "incoming/index.html": index_html(models, default=default),
-            "incoming/index.json": index_json(models, default=default),
+            "incoming/routes.conf": routes_conf(models, default=default, labeling=labeling),
+            "incoming/index.html": index_html(models, default=default, labeling=labeling is not None),
+            "incoming/index.json": index_json(models, default=default, labeling=labeling is not None),
         }
         if not self.container().put_archive("/state", _tar(files)):
             raise ServingError("copying the gateway's routes into its container failed")
         if not self._run("apply").endswith("reloaded"):
             return False
-        self._await_routes(routes_digest(models, default=default))
+        self._await_routes(routes_digest(models, default=default, labeling=labeling))
         return True
 
     def _await_routes(self, digest: str) -> None:

@@ -74,14 +74,33 @@ def _proxy(variable: str, unavailable: str) -> str:
     )
 
 
-def routes_digest(models: list[GatewayModel], *, default: str | None) -> str:
+def routes_digest(models: list[GatewayModel], *, default: str | None, labeling: str | None = None) -> str:
     """What the routes are made from, in a few characters: the gateway answers it at
     ``/gateway/routes`` once a reload to these routes took effect."""
     made_of = [(e.model.name, e.model.slot, e.addresses) for e in models]
-    return hashlib.sha256(repr((made_of, default)).encode()).hexdigest()[:16]
+    parts = (made_of, default) if labeling is None else (made_of, default, labeling)  # the same digests as before
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
-def routes_conf(models: list[GatewayModel], *, default: str | None) -> str:
+def labeling_location(address: str) -> str:
+    """``/label/...`` forwarded unchanged to the labeling service at ``address`` (host:port, on the
+    host's network like the gateway); a JSON 502 while it does not answer."""
+    down = json.dumps({"error": "the labeling page is not running; start the appliance with: make up"})
+    return (
+        "location ^~ /label/ {\n"
+        "    proxy_http_version 1.1;\n"
+        '    proxy_set_header Connection "";\n'
+        "    proxy_set_header Host $host;\n"
+        "    proxy_read_timeout 300s;\n"  # a merge of a large dataset takes a while
+        "    proxy_intercept_errors off;\n"
+        "    error_page 502 504 = @labeling_down;\n"
+        f"    proxy_pass http://{address};\n}}\n"
+        f"location @labeling_down {{\n    default_type application/json;\n    return 502 '{down}';\n}}\n"
+    )
+
+
+def routes_conf(models: list[GatewayModel], *, default: str | None, labeling: str | None = None) -> str:
+    """The routes of ``models``; ``labeling`` (host:port of the labeling service) adds ``/label/``."""
     names = [entry.model.name for entry in models]
     listed = ", ".join(names) or "none"
     lines = [
@@ -98,13 +117,16 @@ def routes_conf(models: list[GatewayModel], *, default: str | None) -> str:
     default_slot = next((entry.model.slot for entry in models if entry.model.name == default), None)
     lines.append(f'set $model_default "{"" if default_slot is None else f"$model_{default_slot}"}";\n')
     # nginx -s reload returns before the new workers answer: this tells when they do.
-    lines.append(f"location = /gateway/routes {{\n    return 200 '{routes_digest(models, default=default)}';\n}}\n")
+    digest = routes_digest(models, default=default, labeling=labeling)
+    lines.append(f"location = /gateway/routes {{\n    return 200 '{digest}';\n}}\n")
     lines.append(
         # try_files, not alias: "/" names a folder, and alias would look for an index file in it.
         "location = / {\n    default_type text/html;\n    add_header Cache-Control no-cache;\n"
         "    root /state/site;\n    try_files /index.html =404;\n}\n"
         "location = /index.json {\n    add_header Cache-Control no-cache;\n    alias /state/site/index.json;\n}\n"
     )
+    if labeling is not None:
+        lines.append(labeling_location(labeling))
     for entry in models:
         name, slot = entry.model.name, entry.model.slot
         unavailable = f"model {name} has no live version; deploy one with: onebox train"
@@ -123,12 +145,14 @@ def routes_conf(models: list[GatewayModel], *, default: str | None) -> str:
     return "".join(lines)
 
 
-def index_json(models: list[GatewayModel], *, default: str | None) -> str:
+def index_json(models: list[GatewayModel], *, default: str | None, labeling: bool = False) -> str:
     """``/index.json``: the index page's entries (models whose live color did not say what it
     serves are left out of both)."""
     known = [entry.metadata for entry in models if entry.metadata is not None]
-    return json.dumps({"default": default, "models": index_entries(known, default=default)}, indent=2) + "\n"
+    entries = index_entries(known, default=default, labeling=labeling)
+    return json.dumps({"default": default, "models": entries}, indent=2) + "\n"
 
 
-def index_html(models: list[GatewayModel], *, default: str | None) -> str:
-    return render_index([entry.metadata for entry in models if entry.metadata is not None], default=default)
+def index_html(models: list[GatewayModel], *, default: str | None, labeling: bool = False) -> str:
+    known = [entry.metadata for entry in models if entry.metadata is not None]
+    return render_index(known, default=default, labeling=labeling)

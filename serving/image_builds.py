@@ -57,6 +57,7 @@ class ApplianceImages:
     mlflow: str
     prefect: str
     gateway: str
+    labeling: str
 
 
 def resolve_base_image(requested: str, *, bootstrap: str = BOOTSTRAP_IMAGE, extra_packages: str = "") -> str:
@@ -181,7 +182,10 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
     gateway = f"onebox/gateway:{settings.image_tag}"
     # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.
     build_image(context, gateway, {"BASE_IMAGE": base}, offline=base == BOOTSTRAP_IMAGE, skip_unchanged=True)
-    return ApplianceImages(runtime=runtime, mlflow=mlflow, prefect=prefect, gateway=gateway)
+    from serving.labeling_image import build_labeling_image  # it builds on this module's helpers
+
+    labeling = build_labeling_image(settings, runtime)
+    return ApplianceImages(runtime=runtime, mlflow=mlflow, prefect=prefect, gateway=gateway, labeling=labeling)
 
 
 def build_worker_image(settings: Settings) -> str:

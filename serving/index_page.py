@@ -19,8 +19,14 @@ def model_path(model_name: str) -> str:
     return f"/models/{model_name}/"
 
 
-def index_entries(models: list[ModelMetadata], *, default: str | None) -> list[dict[str, Any]]:
-    """The index as data (``/index.json``): one entry per model, in the order given."""
+def labeling_path(model_name: str) -> str:
+    """The path of a model's labeling page (serving/labeling.py), which the gateway forwards."""
+    return f"/label/{model_name}/"
+
+
+def index_entries(models: list[ModelMetadata], *, default: str | None, labeling: bool = False) -> list[dict[str, Any]]:
+    """The index as data (``/index.json``): one entry per model, in the order given; with
+    ``labeling`` (the appliance runs the labeling page) each links its labeling page too."""
     return [
         {
             "name": meta.model_name,
@@ -32,6 +38,7 @@ def index_entries(models: list[ModelMetadata], *, default: str | None) -> list[d
             "image_shape": list(meta.image_shape),
             "default": meta.model_name == default,
             "url": model_path(meta.model_name),
+            **({"labeling_url": labeling_path(meta.model_name)} if labeling else {}),
         }
         for meta in models
     ]
@@ -72,17 +79,23 @@ def _row(entry: dict[str, Any]) -> str:
         "" if accuracy is None else f"{accuracy:.2%}",
         escape(_when(entry["trained"])),
     ]
-    classes = ("name", "version", "dataset", "number", "trained")
+    classes: tuple[str, ...] = ("name", "version", "dataset", "number", "trained")
+    if "labeling_url" in entry:
+        cells.append(f'<a href="{escape(entry["labeling_url"])}">label images</a>')
+        classes += ("labeling",)
     return "<tr>" + "".join(f'<td class="{c}">{cell}</td>' for c, cell in zip(classes, cells, strict=True)) + "</tr>"
 
 
-def render_index(models: list[ModelMetadata], *, default: str | None) -> str:
-    """The HTML index of ``models`` (in that order); ``default`` is marked as the one ``/predict`` answers for."""
-    entries = index_entries(models, default=default)
+def render_index(models: list[ModelMetadata], *, default: str | None, labeling: bool = False) -> str:
+    """The HTML index of ``models`` (in that order); ``default`` is marked as the one ``/predict`` answers for;
+    with ``labeling``, each row links the model's labeling page."""
+    entries = index_entries(models, default=default, labeling=labeling)
     rows = "\n".join(_row(entry) for entry in entries)
+    heads = ["Model", "Version", "Dataset", "Test accuracy", "Trained", *(["Labeling"] if labeling else [])]
+    head = "".join(f"<th>{name}</th>" for name in heads)
     body = (
         f"""<table>
-<thead><tr><th>Model</th><th>Version</th><th>Dataset</th><th>Test accuracy</th><th>Trained</th></tr></thead>
+<thead><tr>{head}</tr></thead>
 <tbody>
 {rows}
 </tbody>

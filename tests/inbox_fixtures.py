@@ -62,8 +62,10 @@ class InboxImage:
     guess: str  # what the "model" guessed
 
 
-def fill_inbox(settings: Settings, folder: Path, count: int = INBOX_SIZE, *, start: int = 1000) -> list[InboxImage]:
-    """``count`` digits images (none of the parent's) into the model's inbox, oldest first."""
+def fill_inbox(
+    settings: Settings, folder: Path, count: int = INBOX_SIZE, *, start: int = 1000, model: str = MODEL
+) -> list[InboxImage]:
+    """``count`` digits images (none of the parent's) into ``model``'s inbox, oldest first."""
     images, labels = _digits()
     folder.mkdir(parents=True, exist_ok=True)
     added = []
@@ -74,7 +76,7 @@ def fill_inbox(settings: Settings, folder: Path, count: int = INBOX_SIZE, *, sta
         path.write_bytes(data)
         truth = str(labels[index])
         guess = str((labels[index] + index % 2) % 10)  # wrong for every other image
-        add_to_inbox(settings.inbox_dir, MODEL, image=path, sha256=sha, guess=guess, confidence=0.41,
+        add_to_inbox(settings.inbox_dir, model, image=path, sha256=sha, guess=guess, confidence=0.41,
                      model_version="1", reason="low-confidence")  # fmt: skip
         added.append(InboxImage(sha, truth, guess))
     return added

@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.servers import free_port
 from serving.waiting import NotYet, wait_for
-from storage.settings import Settings, get_settings
+from storage.settings import Settings
 from tests.conftest import isolated_appliance
 from tests.flows.test_deployments import _client, _logs, _wait_final
 from tests.serving.chromium import chromium_page
@@ -35,16 +34,15 @@ TRAINING_TIMEOUT_S = 900  # a 2-epoch training, its export and a model image, on
 
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    patch = pytest.MonkeyPatch()
-    patch.setenv("ONEBOX_LABEL_PORT", str(free_port()))  # `onebox label` below, beside other tests' pages
-    try:
-        with isolated_appliance(tmp_path_factory):
+    with isolated_appliance(tmp_path_factory) as settings:
+        up = subprocess.run([ONEBOX, "up"], capture_output=True, text=True, timeout=1200, check=False)
+        if "to be healthy" in up.stderr:
+            # `up` waits 300 s for the services; with several appliances starting on 2 cores it
+            # took longer. It is idempotent: the second one waits for the same containers.
             up = subprocess.run([ONEBOX, "up"], capture_output=True, text=True, timeout=1200, check=False)
-            assert up.returncode == 0, up.stdout + up.stderr
-            assert "retrain/onebox, retrain-reconcile/onebox" in up.stdout
-            yield get_settings()
-    finally:
-        patch.undo()
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "retrain/onebox, retrain-reconcile/onebox" in up.stdout
+        yield settings
 
 
 def onebox(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -61,47 +59,27 @@ def _training_runs_on(dataset_version: str) -> list[Any]:
 
 
 def _label_on_the_page(settings: Settings, count: int) -> str:
-    """Label ``count`` inbox images with the keyboard (the guess, Enter) and create the version;
-    returns the page's message about it."""
-    import httpx
-
-    page_url = f"http://127.0.0.1:{settings.label_port}"
-    log = settings.home / "label.log"
-    with log.open("w") as out:
-        server = subprocess.Popen([ONEBOX, "label", "--model", "digits"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-
-        def healthy() -> None:
-            if server.poll() is not None:
-                raise RuntimeError(f"onebox label exited with {server.returncode}: {log.read_text()}")
-            try:
-                httpx.get(f"{page_url}/label/healthz", timeout=2).raise_for_status()
-            except httpx.HTTPError as error:
-                raise NotYet(str(error)) from None
-
-        wait_for(healthy, timeout_s=120, what="the labeling page")
-        with chromium_page() as page:
-            page.open(f"{page_url}/label/digits/")
-            seen = set()
-            for done in range(1, count + 1):
-                seen.add(shown(page))
-                press(page, "Enter")  # the model's guess, as a hurried labeler takes it
-                page.wait_until(
-                    f"document.getElementById('progress-text').textContent.startsWith('{done} of ')",
-                    what=f"{done} labeled",
-                )
-            assert len(seen) == count  # a new image each time
-            page.evaluate("document.getElementById('merge').click()")
-            message = page.wait_until(
-                "document.getElementById('merge-result').textContent.startsWith('Created dataset') &&"
-                " document.getElementById('merge-result').textContent",
-                what="the new dataset version",
-                timeout_s=180,
+    """Label ``count`` inbox images on the appliance's labeling page (through the gateway) with the
+    keyboard, taking the model's guess with Enter, and create the version; returns the page's message."""
+    with chromium_page() as page:
+        page.open(f"{settings.serve_url}/label/digits/")
+        seen = set()
+        for done in range(1, count + 1):
+            seen.add(shown(page))
+            press(page, "Enter")  # the model's guess, as a hurried labeler takes it
+            page.wait_until(
+                f"document.getElementById('progress-text').textContent.startsWith('{done} of ')",
+                what=f"{done} labeled",
             )
-            return str(message)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        assert len(seen) == count  # a new image each time
+        page.evaluate("document.getElementById('merge').click()")
+        message = page.wait_until(
+            "document.getElementById('merge-result').textContent.startsWith('Created dataset') &&"
+            " document.getElementById('merge-result').textContent",
+            what="the new dataset version",
+            timeout_s=180,
+        )
+        return str(message)
 
 
 def test_drift_to_labels_to_a_retrained_model_judged_by_the_gate(appliance: Settings, worker: Path) -> None:

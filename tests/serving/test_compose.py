@@ -275,6 +275,58 @@ def test_the_index_page_lists_both_models_in_a_browser(appliance: Settings, mode
         assert f'href="/models/{name}/"' in dom
 
 
+def test_the_labeling_service_answers_through_the_gateway_and_the_index_links_it(
+    appliance: Settings, models: Models, tmp_path: Path
+) -> None:
+    from storage.datasets import list_datasets
+    from storage.model_binding import binding_tags
+    from storage.registry import PRODUCTION, mlflow_client
+    from tests.inbox_fixtures import fill_inbox, import_parent
+
+    runtime = ComposeRuntime(appliance)
+    if runtime.current(models.digits) is None:  # run on its own (-k labeling): one model is enough
+        runtime.deploy(models.bundle(models.digits, "1"))
+    url = appliance.serve_url
+    assert httpx.get(f"{url}/label/healthz").json() == {"status": "ok"}
+    for entry in httpx.get(f"{url}/index.json").json()["models"]:
+        assert entry["labeling_url"] == f"/label/{entry['name']}/"
+    assert f'href="/label/{models.digits}/"' in httpx.get(f"{url}/").text
+    container = runtime._container("labeling")
+    assert container is not None
+    home = appliance.home.stat()
+    assert container.attrs["Config"]["User"] == f"{home.st_uid}:{home.st_gid}"  # the home's owner
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    unknown = httpx.get(f"{url}/label/no-such-model/state")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"].startswith("unknown model 'no-such-model'")
+
+    # A model in production in the appliance's registry, its dataset in the home, an inbox: the
+    # service (in its container) labels and merges into the host's catalog, and asks for a retrain
+    # on the appliance's Prefect server.
+    parent = import_parent(appliance, tmp_path / "parent")
+    client = mlflow_client(appliance)
+    client.create_registered_model("labeled-digits")
+    run = client.create_run(client.get_experiment_by_name("onebox").experiment_id)
+    tags = {"dataset": f"{parent.name}:{parent.version}", **binding_tags(parent.classes, parent.image_shape)}
+    version = client.create_model_version("labeled-digits", source=f"runs:/{run.info.run_id}/model", tags=tags,
+                                          run_id=run.info.run_id)  # fmt: skip
+    client.set_registered_model_alias("labeled-digits", PRODUCTION, version.version)
+    inbox = fill_inbox(appliance, tmp_path / "seen", 3, model="labeled-digits")
+    page = f"{url}/label/labeled-digits"
+    state = httpx.get(f"{page}/state").json()
+    assert state["total"] == 3
+    assert httpx.get(url + state["current"]["image"]).headers["content-type"] == "image/png"
+    for image in inbox[:2]:
+        answer = httpx.post(f"{page}/label", json={"sha256": image.sha256, "label": image.truth, "by": "erin"})
+        assert answer.status_code == 200, answer.text
+    made = httpx.post(f"{page}/merge", json={"by": "erin"}, timeout=300)
+    assert made.status_code == 200, made.text
+    assert made.json()["retrain"].startswith("retraining of model labeled-digits was requested"), made.json()
+    (new,) = [v for v in list_datasets(appliance) if v.version == made.json()["version"]]
+    assert new.num_images == parent.num_images + 2
+    assert (new.lineage or {})["model"] == "labeled-digits"
+
+
 def test_a_swap_and_a_rollback_of_one_model_under_load_on_both_fail_nothing(
     appliance: Settings, models: Models
 ) -> None:

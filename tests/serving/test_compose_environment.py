@@ -20,7 +20,14 @@ from dotenv import dotenv_values
 from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import DYNAMIC_RANGE_KEY, ApplianceState, ServedModel
 from serving.checkout import COMPOSE_FILE, SOURCE_ROOT
-from serving.compose_cli import SETTINGS_FILE, SETTINGS_FILE_VARIABLE, SOURCE_VARIABLE, compose_environment
+from serving.compose_cli import (
+    HOME_GID_VARIABLE,
+    HOME_UID_VARIABLE,
+    SETTINGS_FILE,
+    SETTINGS_FILE_VARIABLE,
+    SOURCE_VARIABLE,
+    compose_environment,
+)
 from storage.settings import Settings, env_name
 
 NAME = re.compile(r"ONEBOX_[A-Z][A-Z0-9_]*")
@@ -125,3 +132,16 @@ def test_the_worker_service_reads_the_settings_file_and_lists_no_setting_itself(
     # A plain `docker compose up` from a fresh clone has no onebox home: the default must exist.
     assert (COMPOSE_FILE.parent / default).is_file()
     assert not [name for name in worker["environment"] if name.startswith("ONEBOX_")]
+
+
+def test_the_labeling_service_runs_as_the_homes_owner_with_the_home_at_its_own_path(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    environment = compose_environment(settings, ApplianceState())
+    home = settings.home.stat()
+    assert (environment[HOME_UID_VARIABLE], environment[HOME_GID_VARIABLE]) == (str(home.st_uid), str(home.st_gid))
+    service = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["labeling"]
+    assert service["user"] == f"${{{HOME_UID_VARIABLE}:-10001}}:${{{HOME_GID_VARIABLE}:-10001}}"
+    assert service["network_mode"] == "host"
+    assert service["volumes"] == ["${ONEBOX_HOME:-./.onebox}:${ONEBOX_HOME:-/onebox-home}"]
+    assert service["environment"]["ONEBOX_RUNTIME"] == "compose"
+    assert "/label/healthz" in " ".join(service["healthcheck"]["test"])

@@ -119,3 +119,24 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
     assert models_compose(ApplianceState()) == {"services": {}}  # before the first `up` records a network
     assert write_models_compose(tmp_path, ApplianceState()) is None
     assert not written.exists()  # no model, no second compose file
+
+
+def test_the_labeling_page_is_forwarded_only_when_the_appliance_runs_it() -> None:
+    assert "/label/" not in routes_conf(gateway_models(), default="digits")
+    routes = locations(routes_conf(gateway_models(), default="digits", labeling="127.0.0.1:3100"))
+    assert "proxy_pass http://127.0.0.1:3100;" in routes["^~ /label/"]  # the prefix kept: the app answers /label/...
+    assert "@labeling_down" in routes["^~ /label/"]
+    assert json.loads(routes["@labeling_down"].split("return 502 '")[1].split("';")[0])["error"].startswith(
+        "the labeling page is not running"
+    )
+    # A new route is a new digest, so a publish waits until nginx answers with it; the old
+    # routes keep the digest they had.
+    with_labeling = routes_digest(gateway_models(), default="digits", labeling="127.0.0.1:3100")
+    assert with_labeling != routes_digest(gateway_models(), default="digits")
+
+
+def test_the_index_links_each_models_labeling_page_when_there_is_one() -> None:
+    (entry,) = json.loads(index_json(gateway_models(), default="digits", labeling=True))["models"]
+    assert entry["labeling_url"] == "/label/digits/"
+    (plain,) = json.loads(index_json(gateway_models(), default="digits"))["models"]
+    assert "labeling_url" not in plain

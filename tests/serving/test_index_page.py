@@ -95,3 +95,12 @@ def test_metadata_of_a_newer_bundle_is_read(tmp_path) -> None:
     DIGITS.write(path)
     path.write_text(json.dumps({**json.loads(path.read_text()), "architecture": "resnet18"}))
     assert ModelMetadata.read(path) == DIGITS
+
+
+def test_with_the_labeling_page_each_row_links_it() -> None:
+    page = render_index([DIGITS, PETS], default="digits", labeling=True)
+    rows = re.findall(r"<tr>.*?</tr>", page, re.S)
+    assert "<th>Labeling</th>" in rows[0]
+    assert '<a href="/label/digits/">label images</a>' in rows[1]
+    assert '<a href="/label/pets/">label images</a>' in rows[2]
+    assert "Labeling" not in render_index([DIGITS], default="digits")

@@ -44,6 +44,11 @@ def test_label_with_the_keyboard_undo_skip_and_create_the_version(labeling_home:
     with labeling_server(home.settings) as url, chromium_page() as page:
         page.open(f"{url}/label/digits/")
         progress(page, "0 of 12 labeled")
+        # Keys for other class names: a one-key name keeps its key, the rest take the free ones in order.
+        assert page.evaluate("assignKeys(['cat', 'dog', 'b', '1'])") == ["2", "3", "b", "1"]
+        assert page.evaluate("assignKeys([...Array(40).keys()].map(i => 'class' + i)).slice(34)") == [
+            "y", "z", None, None, None, None,
+        ]  # fmt: skip
         first = shown(page)
         # The model's guess is preselected: Enter takes it.
         highlighted = page.evaluate("document.querySelector('#classes button.highlight').dataset.class")
