@@ -25,7 +25,7 @@ from tests.flows.test_deployments import _client, _logs, _wait_final
 from tests.serving.chromium import chromium_page
 from tests.serving.test_labeling_page import press, shown
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2700)]  # the whole loop: 15-30 min here
 
 ONEBOX = str(Path(sys.executable).with_name("onebox"))
 LABELED = 12  # images labeled on the page: enough to make a new version, few enough to be quick
