@@ -83,6 +83,8 @@ def _label_on_the_page(settings: Settings, count: int) -> str:
 
 
 def test_drift_to_labels_to_a_retrained_model_judged_by_the_gate(appliance: Settings, worker: Path) -> None:
+    import httpx
+
     from flows.remote import mlflow_run_for
     from flows.retraining import RETRAIN_TAG, reconcile
     from storage.datasets import list_datasets
@@ -103,7 +105,12 @@ def test_drift_to_labels_to_a_retrained_model_judged_by_the_gate(appliance: Sett
     def logged() -> int:  # the model's writer flushes in batches, off the request path
         records = len(read_records(settings.predictions_dir, "digits", version=production.version))
         if records < 200:
-            raise NotYet(f"{records} records")
+            # What the served model says of its log: switched on, written, dropped (for a failure's message).
+            stats = httpx.get(f"{settings.serve_url}/models/digits/metadata", timeout=30).json().get("prediction_log")
+            every = len(read_records(settings.predictions_dir, "digits"))
+            raise NotYet(
+                f"{records} records of v{production.version}, {every} of any version; the server's log: {stats}"
+            )
         return records
 
     wait_for(logged, timeout_s=120, what="the prediction log to hold the 200 predictions")
