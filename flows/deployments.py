@@ -35,6 +35,11 @@ FLOWS = (
     FlowEntry("rollback", "flows/operations.py:rollback_production", ("serving",)),
     # Daily: a small team's traffic fills a window in about a day.
     FlowEntry("drift-check", "flows/drift_flow.py:drift_check_flow", ("monitoring",), cron="0 5 * * *"),
+    # Started by an event (flows/retraining.py's trigger); the reconcile catches a lost one.
+    FlowEntry("retrain", "flows/retraining.py:retrain_on_new_data", ("training", "retrain")),
+    FlowEntry(
+        "retrain-reconcile", "flows/retraining.py:retrain_reconcile", ("training", "retrain"), cron="*/5 * * * *"
+    ),
 )
 
 
@@ -119,6 +124,18 @@ def _field_labels(function: Callable[..., Any]) -> dict[str, dict[str, str]]:
     return labels
 
 
+def _starts(flow_name: str) -> dict[str, Any]:
+    """What starts a flow's runs besides the Run button and its schedule: a trigger on an event.
+
+    Registering again replaces the deployment's automations, so none is doubled.
+    """
+    from flows import retraining
+
+    if flow_name == "retrain":
+        return {"triggers": [retraining.retraining_trigger()]}
+    return {}
+
+
 def register_all(settings: Settings) -> list[Registered]:
     """Register (or update) every flow's deployment on the Prefect server PREFECT_API_URL names."""
     from prefect import Flow
@@ -139,6 +156,7 @@ def register_all(settings: Settings) -> list[Registered]:
             description=flow.description,
             enforce_parameter_schema=True,  # the API rejects bad values before a run exists
             cron=entry.cron,
+            **_starts(entry.name),
         )
         properties = deployment._parameter_openapi_schema.properties
         for name, label in _field_labels(flow.fn).items():
@@ -146,8 +164,9 @@ def register_all(settings: Settings) -> list[Registered]:
         if "model" in properties:
             # The API refuses an unsafe model name before a run exists (the flow's own check, in the schema).
             properties["model"]["pattern"] = NAME_PATTERN.pattern
-        if "dataset" in properties:
-            # The form offers the datasets that exist; `onebox data import` registers again.
+        if "dataset" in properties and entry.name == "training-pipeline":
+            # The form offers the datasets that exist; `onebox data import` registers again. (The
+            # retrain flow's dataset comes from an event, of a version newer than this list.)
             properties["dataset"]["enum"] = _dataset_choices(settings)
         deployment_id = deployment.apply(work_pool_name=WORK_POOL)
         registered.append(Registered(name=deployment_name(entry.name), deployment_id=str(deployment_id)))

@@ -2,7 +2,8 @@
 
 Commands live by what they own: ``training`` (train, demo, report), ``models`` (models, serve,
 retire, stop, status, rollback), ``monitoring`` (drift), ``appliance`` (up, down, register, worker,
-logs), ``labeling`` (label) and ``data`` (import, list, merge-inbox).
+logs), ``labeling`` (label), ``simulate`` (traffic for a served model) and ``data`` (import, list,
+merge-inbox).
 Heavy libraries (torch, Prefect, MLflow) are imported inside the commands that need them, after
 the process environment is prepared, so ``onebox --help`` and ``onebox status`` stay quick.
 """
@@ -14,7 +15,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from flows.cli import appliance, data, labeling, models, monitoring, training
+from flows.cli import appliance, data, labeling, models, monitoring, simulate, training
 from flows.cli.shared import errors
 from storage.errors import OneboxError
 from storage.settings import get_settings
@@ -25,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data")
-for commands in (training.app, models.app, monitoring.app, appliance.app, labeling.app):
+for commands in (training.app, models.app, monitoring.app, appliance.app, labeling.app, simulate.app):
     app.add_typer(commands)  # no name: their commands are onebox's own
 
 

@@ -7,8 +7,6 @@ one `onebox worker` on this host polling the pool `onebox`.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,33 +35,11 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) ->
     with isolated_appliance(tmp_path_factory) as settings:
         up = subprocess.run([ONEBOX, "up"], capture_output=True, text=True, timeout=900, check=False)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "deployments: training-pipeline/onebox, rollback/onebox, drift-check/onebox" in up.stdout
+        assert (
+            "deployments: training-pipeline/onebox, rollback/onebox, drift-check/onebox, retrain/onebox, "
+            "retrain-reconcile/onebox"
+        ) in up.stdout
         yield settings
-
-
-@pytest.fixture(scope="module")
-def worker(appliance: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`onebox worker` as a user starts it; yields its log file."""
-    from flows.remote import online_workers
-
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [ONEBOX, "worker", "--name", "test-worker", "--poll-seconds", "2"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its flow-run processes go down with it
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "test-worker" not in online_workers():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"the worker never came online:\n{log.read_text()}"
-            time.sleep(1)
-        yield log
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 def _client() -> Any:
