@@ -6,7 +6,11 @@ the quick answers that need neither: an unknown model, no production version, to
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -51,6 +55,24 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
         )
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """While inside, what is written to stdout goes to stderr, at the descriptor: the flow's logs
+    (Prefect's handlers hold the stdout stream they were made with) must not mix with the JSON."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _exit_code(result: DriftResult | dict[str, Any]) -> int:
     drift = result.drift if not isinstance(result, dict) else result["drift"]
     return NOT_CHECKED_EXIT if drift is None else DRIFT_EXIT if drift else 0
@@ -78,11 +100,12 @@ def drift(
         raise typer.Exit(_exit_code(short))
     from flows.prefect_server import use_local_prefect_server
 
-    server = use_local_prefect_server(current)
-    from flows.drift_flow import drift_check_flow
+    with _stdout_to_stderr(as_json):
+        server = use_local_prefect_server(current)
+        from flows.drift_flow import drift_check_flow
 
-    if server is not None:
-        server.wait_ready()
-    (result,) = drift_check_flow(model=name)
+        if server is not None:
+            server.wait_ready()
+        (result,) = drift_check_flow(model=name)
     _print(result, as_json)
     raise typer.Exit(_exit_code(result))
