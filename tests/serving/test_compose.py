@@ -389,9 +389,12 @@ def test_two_models_trained_through_the_pipeline_serve_side_by_side(appliance: S
     """The whole way: two tasks trained by the flow, each registered under its own name, gated
     against its own production, built, swapped in blue/green and served beside the others."""
     from flows.pipeline import training_pipeline
+    from storage.datasets import ensure_builtin_dataset
 
     generated_dataset(appliance, tmp_path / "squares", name="squares", side=16, rgb=True)
-    first = training_pipeline(dataset="digits", model="trained-digits", epochs=1)
+    # The bundled digits by their version: other tests of this appliance import small "digits" versions.
+    digits = ensure_builtin_dataset(appliance)
+    first = training_pipeline(dataset="digits", dataset_version=digits.version, model="trained-digits", epochs=1)
     second = training_pipeline(dataset="squares", epochs=2, batch_size=8)
     assert (first.model_name, second.model_name) == ("trained-digits", "squares")
     assert first.promoted
