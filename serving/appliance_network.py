@@ -18,6 +18,9 @@ from storage.errors import ServingError
 # Where a subnet is picked: private addresses Docker itself uses, from the top down (Docker's own
 # networks are handed out from 172.17 up, so the two rarely meet).
 SUBNET_POOL = ipaddress.IPv4Network("172.16.0.0/12")
+# The gateway declares an upstream for every slot (serving/gateway_config.py), so a wider subnet
+# still serves at most this many models.
+MAX_MODELS = 128
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class ApplianceNetwork:
     @property
     def slots(self) -> int:
         """How many models fit: their colors' addresses stay above the dynamic range."""
-        return (int(self.green_address) - int(self.dynamic_range.broadcast_address)) // 2
+        return min(MAX_MODELS, (int(self.green_address) - int(self.dynamic_range.broadcast_address)) // 2)
 
     def addresses(self, slot: int) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
         """The blue and green addresses of the model in ``slot`` (0 for the first model).

@@ -3,8 +3,9 @@
 A deploy of model NAME starts NAME's idle color with the new model image, waits until it is
 healthy and has answered a smoke prediction, switches NAME's marker in the gateway (a file nginx
 reads per request: no reload, so nothing in flight on any model is cut), checks a prediction
-through the gateway at /models/NAME, lets the old color drain, then stops it. Only the first
-deploy of a model (or its removal) rewrites the gateway's routes and reloads nginx gracefully.
+through the gateway at /models/NAME, lets the old color drain, then stops it. A model's first
+deploy, or its removal, changes the gateway's files alike: nginx reloads only when the network
+or the labeling service changes, at `up` (serving/gateway_config.py).
 Which image each model's colors run and which is live is the appliance's state
 (serving/appliance_state.py), so every model comes back as it was after a restart.
 """
@@ -147,9 +148,10 @@ class ComposeRuntime:
             assert model is not None
             assert model.live_color is not None
             metadata = container_metadata(self._container(model.service(model.live_color)))
-            blue, green = state.network.addresses(model.slot)
-            entries.append(GatewayModel(model, (str(blue), str(green)), metadata))
-        return self.gateway.publish(entries, default=self.default_model(), labeling=self.labeling_address())
+            entries.append(GatewayModel(model, metadata))
+        return self.gateway.publish(
+            entries, network=state.network, default=self.default_model(), labeling=self.labeling_address()
+        )
 
     def labeling_address(self) -> str:
         """host:port of the labeling service, on the host's network where it listens on ONEBOX_BIND."""

@@ -1,6 +1,6 @@
-"""Talking to the running gateway container: switch a model's live color (a marker file, no
-reload), and publish the routes and the index page when the set of served models changes (a
-graceful nginx reload, checked before it is made; compose/gateway/gateway.sh does both).
+"""Talking to the running gateway container: switch a model's live color (a marker file), and
+publish which models serve, the default and the index page (files nginx reads per request); none
+of it reloads nginx. compose/gateway/gateway.sh does both in the container.
 """
 
 from __future__ import annotations
@@ -16,13 +16,24 @@ import httpx
 
 from serving.appliance_state import Color
 from serving.docker_client import project_container
-from serving.gateway_config import GatewayModel, index_html, index_json, routes_conf, routes_digest, upstreams_conf
+from serving.gateway_config import (
+    GatewayModel,
+    index_html,
+    index_json,
+    models_list,
+    routes_conf,
+    routes_digest,
+    unknown_model_json,
+    upstreams_conf,
+)
 from serving.metadata import METADATA_FILE, ModelMetadata
 from serving.waiting import NotYet, wait_for
 from storage.errors import ServingError
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
+
+    from serving.appliance_network import ApplianceNetwork
 
 GATEWAY_SERVICE = "gateway"
 GATEWAY_UID = 10004  # the gateway image's user (compose/gateway/Dockerfile)
@@ -83,31 +94,43 @@ class Gateway:
     def live_color(self, model_name: str) -> str:
         return self._run("color", model_name)
 
-    def publish(self, models: list[GatewayModel], *, default: str | None, labeling: str | None = None) -> bool:
-        """Install the routes of ``models`` (every served model) and the index page, then reload;
-        ``labeling`` (host:port of the labeling service) adds ``/label/`` and the index's links to it.
+    def publish(
+        self,
+        models: list[GatewayModel],
+        *,
+        network: ApplianceNetwork,
+        default: str | None,
+        labeling: str | None = None,
+    ) -> bool:
+        """Route ``models`` (every served model) and ``default`` (the unprefixed routes), and
+        install the index page; ``labeling`` (host:port of the labeling service) adds ``/label/``
+        and the index's links to it.
 
-        A reload lets requests in flight finish; client keep-alive connections that are idle at
-        that moment are closed, so the first deploy of a new model (or the removal of one) is
-        the only moment the gateway reloads.
+        Adding, removing or swapping a model changes files nginx reads per request: nothing is
+        reloaded, so no client connection is closed. The nginx configuration is the same for any
+        set of models, and changes (then is checked and reloaded gracefully) only with the
+        network or the labeling service, at `up`.
 
         Returns:
-            Whether nginx reloaded: only when the routes changed, not for a new version of a model.
+            Whether nginx reloaded.
 
         Raises:
             ServingError: nginx refused the configuration (the old one stays) or is not running.
         """
         files = {
-            "incoming/upstreams.conf": upstreams_conf(models),
-            "incoming/routes.conf": routes_conf(models, default=default, labeling=labeling),
+            "incoming/upstreams.conf": upstreams_conf(network),
+            "incoming/routes.conf": routes_conf(network, labeling=labeling),
+            "incoming/models": models_list(models, network),
+            "incoming/default": f"{default or ''}\n",
             "incoming/index.html": index_html(models, default=default, labeling=labeling is not None),
             "incoming/index.json": index_json(models, default=default, labeling=labeling is not None),
+            "incoming/unknown-model.json": unknown_model_json(models),
         }
         if not self.container().put_archive("/state", _tar(files)):
             raise ServingError("copying the gateway's routes into its container failed")
         if not self._run("apply").endswith("reloaded"):
             return False
-        self._await_routes(routes_digest(models, default=default, labeling=labeling))
+        self._await_routes(routes_digest(network, labeling=labeling))
         return True
 
     def _await_routes(self, digest: str) -> None:

@@ -1,9 +1,20 @@
-"""What the gateway's nginx serves, written from the appliance's state: one upstream per model
-color, routes ``/models/NAME/...`` forwarded unchanged to NAME's live color, the unprefixed routes
-to the default model's, a 404 listing the served models for any other name, and the index page.
+"""What the gateway's nginx serves, written from the appliance's state.
 
-Only adding or removing a model (or changing the default) changes these files, and then nginx
-reloads gracefully; a swap changes a marker file nginx checks per request (compose/gateway/gateway.sh).
+The nginx configuration is the same whatever models serve: one upstream per address slot and
+color of the appliance's network, and routes that find the model of a request from files. So
+adding, removing or swapping a model, or moving the default, never reloads nginx (a reload
+closes the keep-alive connections of clients that may be sending on them that instant); only a
+new subnet or a labeling service that comes or goes does, at `up`.
+
+The files, under /state (onebox-gateway in compose/gateway/gateway.sh writes them):
+
+- ``names/NAME/``: model NAME is served while ``served`` exists; ``b0``, ``b1``, ... are the set
+  bits of its address slot; ``blue`` or ``green`` marks its live color.
+- ``names/@default``: a symlink to the default model's folder (the unprefixed routes).
+- ``site/``: the index page and the 404 of an unknown model, which lists the served ones.
+
+nginx checks them for each request (a stat each: microseconds), so every request finds either a
+whole route or none.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import COLORS, ServedModel
 from serving.index_page import index_entries, render_index
 from serving.metadata import ModelMetadata
@@ -19,8 +31,9 @@ from storage.errors import ServingError
 from storage.names import name_problem
 
 MODEL_PORT = 3000
-# Letters, digits, '.', '_', '-': safe in a URL path, a file name, a compose service and nginx's
-# configuration without quoting (gateway.sh checks the same).
+NAMES_DIR = "/state/names"
+DEFAULT_NAME = "@default"  # no model can have it: a name starts with a letter or a digit
+UNKNOWN_MODEL_FILE = "unknown-model.json"
 NO_MODEL_ERROR = "no model is deployed yet; train one with: onebox train"
 
 
@@ -37,30 +50,64 @@ def check_model_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class GatewayModel:
-    """One served model as the gateway sees it: its name, its colors' addresses, what it serves."""
+    """One served model as the gateway sees it: its name and slot, and what it serves."""
 
     model: ServedModel
-    addresses: tuple[str, str]  # blue, green
     metadata: ModelMetadata | None  # None: its live color did not say (not running)
 
 
-def upstreams_conf(models: list[GatewayModel]) -> str:
+def slot_bits(network: ApplianceNetwork) -> int:
+    """How many binary digits name any slot of ``network``."""
+    return max(1, (network.slots - 1).bit_length())
+
+
+def slot_key(slot: int, network: ApplianceNetwork) -> str:
+    """Slot ``slot`` in binary, as the upstreams' names and the files of names/NAME/ spell it."""
+    return format(slot, f"0{slot_bits(network)}b")
+
+
+def upstreams_conf(network: ApplianceNetwork) -> str:
+    """An upstream for each color of each slot of ``network``, used or not (a few hundred bytes
+    of memory each, and no connection until a request goes there)."""
     blocks = []
-    for entry in models:
-        for color, address in zip(COLORS, entry.addresses, strict=True):
+    for slot in range(network.slots):
+        for color, address in zip(COLORS, network.addresses(slot), strict=True):
             # Idle pooled connections close after 4 s, before the model server (uvicorn) closes
             # them at 5 s, so nginx never sends a request on a connection the server is closing.
             blocks.append(
-                f"# {entry.model.name} {color}\n"
-                f"upstream model_{entry.model.slot}_{color} {{\n"
+                f"upstream model_{slot_key(slot, network)}_{color} {{\n"
                 f"    server {address}:{MODEL_PORT};\n    keepalive 32;\n    keepalive_timeout 4s;\n}}\n"
             )
     return "".join(blocks)
 
 
-def _proxy(variable: str, unavailable: str) -> str:
+def _which_model(bits: int) -> str:
+    """Server-level directives that set, for each request, ``$model_name`` (from /models/NAME/...,
+    else @default; empty for /models/ without a name), ``$model_served``, and
+    ``$model_upstream`` (empty when the model has no live color)."""
+    folder = f"{NAMES_DIR}/$model_name"
+    lines = [
+        f'set $model_name "{DEFAULT_NAME}";\n',
+        'if ($uri ~ "^/models/") {\n    set $model_name "";\n}\n',
+        'if ($uri ~ "^/models/([A-Za-z0-9][A-Za-z0-9._-]*)(?:/|$)") {\n    set $model_name $1;\n}\n',
+        'set $model_served "";\n',
+        f"if (-f {folder}/served) {{\n    set $model_served yes;\n}}\n",
+    ]
+    for bit in range(bits):
+        lines.append(f"set $slot_b{bit} 0;\nif (-f {folder}/b{bit}) {{\n    set $slot_b{bit} 1;\n}}\n")
+    key = "".join(f"${{slot_b{bit}}}" for bit in reversed(range(bits)))
+    lines.append('set $model_color "";\n')
+    for color in COLORS:  # both markers exist for a moment during a switch: either color runs
+        lines.append(f"if (-f {folder}/{color}) {{\n    set $model_color {color};\n}}\n")
+    lines.append('if ($model_served = "") {\n    set $model_color "";\n}\n')
+    lines.append('set $model_upstream "";\n')
+    lines.append(f'if ($model_color) {{\n    set $model_upstream "model_{key}_$model_color";\n}}\n')
+    return "".join(lines)
+
+
+def _proxy(unavailable: str) -> str:
     return (
-        f'    if ({variable} = "") {{\n'
+        '    if ($model_upstream = "") {\n'
         f"        return 503 '{json.dumps({'error': unavailable})}';\n    }}\n"
         "    proxy_http_version 1.1;\n"
         '    proxy_set_header Connection "";\n'
@@ -70,16 +117,15 @@ def _proxy(variable: str, unavailable: str) -> str:
         # A pooled connection the server closed under nginx's feet is retried on a fresh one,
         # uploads included (a prediction has no side effect a retry could repeat).
         "    proxy_next_upstream error non_idempotent;\n"
-        f"    proxy_pass http://{variable};\n"
+        # A variable and no URI part: nginx passes the request's path on unchanged.
+        "    proxy_pass http://$model_upstream;\n"
     )
 
 
-def routes_digest(models: list[GatewayModel], *, default: str | None, labeling: str | None = None) -> str:
-    """What the routes are made from, in a few characters: the gateway answers it at
-    ``/gateway/routes`` once a reload to these routes took effect."""
-    made_of = [(e.model.name, e.model.slot, e.addresses) for e in models]
-    parts = (made_of, default) if labeling is None else (made_of, default, labeling)  # the same digests as before
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+def routes_digest(network: ApplianceNetwork, *, labeling: str | None = None) -> str:
+    """What the nginx configuration is made from, in a few characters: the gateway answers it at
+    ``/gateway/routes`` once a reload to it took effect."""
+    return hashlib.sha256(repr((str(network.subnet), network.slots, labeling)).encode()).hexdigest()[:16]
 
 
 def labeling_location(address: str) -> str:
@@ -99,50 +145,58 @@ def labeling_location(address: str) -> str:
     )
 
 
-def routes_conf(models: list[GatewayModel], *, default: str | None, labeling: str | None = None) -> str:
-    """The routes of ``models``; ``labeling`` (host:port of the labeling service) adds ``/label/``."""
-    names = [entry.model.name for entry in models]
-    listed = ", ".join(names) or "none"
+def routes_conf(network: ApplianceNetwork, *, labeling: str | None = None) -> str:
+    """The routes of every model the appliance may serve; ``labeling`` (host:port of the labeling
+    service) adds ``/label/``."""
+    digest = routes_digest(network, labeling=labeling)
     lines = [
-        "# Written by onebox (serving/gateway_config.py) from the appliance's state; do not edit.\n",
+        "# Written by onebox (serving/gateway_config.py); do not edit.\n",
         "default_type application/json;\n",
-        # Each model's live color, from its marker file (a stat per request: microseconds). At
-        # server level: `if` inside a location is fragile.
-    ]
-    for entry in models:
-        name, slot = entry.model.name, entry.model.slot
-        lines.append(f'set $model_{slot} "";\n')
-        for color in COLORS:  # both markers exist for a moment during a switch: either color runs
-            lines.append(f"if (-f /state/live/{name}.{color}) {{\n    set $model_{slot} model_{slot}_{color};\n}}\n")
-    default_slot = next((entry.model.slot for entry in models if entry.model.name == default), None)
-    lines.append(f'set $model_default "{"" if default_slot is None else f"$model_{default_slot}"}";\n')
-    # nginx -s reload returns before the new workers answer: this tells when they do.
-    digest = routes_digest(models, default=default, labeling=labeling)
-    lines.append(f"location = /gateway/routes {{\n    return 200 '{digest}';\n}}\n")
-    lines.append(
+        # At server level: `if` inside a location is fragile.
+        _which_model(slot_bits(network)),
+        # nginx -s reload returns before the new workers answer: this tells when they do.
+        f"location = /gateway/routes {{\n    return 200 '{digest}';\n}}\n",
         # try_files, not alias: "/" names a folder, and alias would look for an index file in it.
         "location = / {\n    default_type text/html;\n    add_header Cache-Control no-cache;\n"
         "    root /state/site;\n    try_files /index.html =404;\n}\n"
-        "location = /index.json {\n    add_header Cache-Control no-cache;\n    alias /state/site/index.json;\n}\n"
-    )
+        "location = /index.json {\n    add_header Cache-Control no-cache;\n    alias /state/site/index.json;\n}\n",
+    ]
     if labeling is not None:
         lines.append(labeling_location(labeling))
-    for entry in models:
-        name, slot = entry.model.name, entry.model.slot
-        unavailable = f"model {name} has no live version; deploy one with: onebox train"
+    lines.append(
         # The prefix is forwarded unchanged: the model server answers /models/NAME/... itself.
-        for location in (f"= /models/{name}", f"^~ /models/{name}/"):
-            lines.append(f"location {location} {{\n{_proxy(f'$model_{slot}', unavailable)}}}\n")
-    unknown = (
-        ("~ ^/models/([A-Za-z0-9._-]+)", "no model named $1 is served"),
-        ("/models/", "no model name in the path"),
+        "location ^~ /models/ {\n"
+        f"    error_page 404 /gateway/errors/{UNKNOWN_MODEL_FILE};\n"
+        '    if ($model_served = "") {\n        set $asked_model $model_name;\n        return 404;\n    }\n'
+        f"{_proxy('model $model_name has no live version; deploy one with: onebox train')}}}\n"
+        # The served models are listed in a file written with the index; the name asked for comes
+        # from the request ($asked_model survives the redirect to the error page).
+        f"location = /gateway/errors/{UNKNOWN_MODEL_FILE} {{\n    internal;\n    ssi on;\n"
+        "    ssi_types application/json;\n    default_type application/json;\n"
+        f"    alias /state/site/{UNKNOWN_MODEL_FILE};\n}}\n"
     )
-    for location, named in unknown:
-        body = json.dumps({"error": f"{named}; served models: {listed}", "models": names})
-        lines.append(f"location {location} {{\n    return 404 '{body}';\n}}\n")
-    no_default = f"the default model {default} has no live version" if models else NO_MODEL_ERROR
-    lines.append(f"location / {{\n{_proxy('$model_default', no_default)}}}\n")
+    lines.append(
+        "location / {\n"
+        f"    if ($model_served = \"\") {{\n        return 503 '{json.dumps({'error': NO_MODEL_ERROR})}';\n    }}\n"
+        f"{_proxy('the default model has no live version; deploy one with: onebox train')}}}\n"
+    )
     return "".join(lines)
+
+
+def models_list(models: list[GatewayModel], network: ApplianceNetwork) -> str:
+    """What onebox-gateway apply makes names/ from: a line ``NAME SLOT_KEY`` per served model."""
+    return "".join(f"{entry.model.name} {slot_key(entry.model.slot, network)}\n" for entry in models)
+
+
+def unknown_model_json(models: list[GatewayModel]) -> str:
+    """The 404 of a model that is not served, with the name asked for filled in by nginx (SSI)."""
+    names = [entry.model.name for entry in models]
+    listed = ", ".join(names) or "none"
+    asked = (
+        '<!--# if expr="$asked_model" -->no model named <!--# echo var="asked_model" --> is served'
+        "<!--# else -->no model name in the path<!--# endif -->"
+    )
+    return json.dumps({"error": f"@ASKED@; served models: {listed}", "models": names}).replace("@ASKED@", asked) + "\n"
 
 
 def index_json(models: list[GatewayModel], *, default: str | None, labeling: bool = False) -> str:

@@ -2,15 +2,19 @@
 # onebox-gateway run               prepare /state (no models at first), then run nginx
 # onebox-gateway switch NAME COLOR point model NAME at COLOR (blue, green or none); no reload needed
 # onebox-gateway color NAME        print model NAME's live color
-# onebox-gateway apply             install the files onebox staged in /state/incoming (the nginx
-#                                  routes and upstreams of every model, the index page); when the
-#                                  routes changed, check them and reload nginx gracefully (a bad
-#                                  configuration is undone); prints "reloaded" when it reloaded
+# onebox-gateway apply             install what onebox staged in /state/incoming: the served models
+#                                  and the default (files under /state/names, no reload), the index
+#                                  page, and the nginx configuration, which changes only with the
+#                                  network or the labeling service (then checked, and nginx reloaded
+#                                  gracefully; a bad configuration is undone; prints "reloaded")
 # onebox-gateway health            exit 0 when nginx answers on its listen address (the healthcheck)
 #
-# nginx reads each model's live color from a marker file, /state/live/NAME.blue or NAME.green,
-# for each request; no marker means the model has no live color (503). A switch creates the new
-# marker before it removes the old one, so every request finds a color that runs.
+# nginx finds the model of each request from files (serving/gateway_config.py says which):
+# /state/names/NAME/served while NAME is served, its address slot's set bits as b0, b1, ..., and
+# its live color as a marker, blue or green; /state/names/@default links to the default model's.
+# A switch creates the new marker before it removes the old one, so every request finds a color
+# that runs; a new model's folder is complete before `served` appears, and `served` goes first
+# when a model is removed, so no request sees half a route.
 #
 # The gateway runs on the host's network (no port proxy in front of it) and listens on
 # $ONEBOX_GATEWAY_LISTEN (address:port); it reaches the models' colors at the fixed addresses
@@ -22,8 +26,9 @@ listen="${ONEBOX_GATEWAY_LISTEN:-127.0.0.1:3000}"
 # The model servers' body limit (storage/limits.py): a whole number of bytes, else the default.
 max_body="${ONEBOX_MAX_BODY_BYTES:-26214400}"
 case "$max_body" in ""|*[!0-9]*) max_body=26214400 ;; esac
+NAMES=/state/names
 NGINX_FILES="upstreams.conf routes.conf"
-SITE_FILES="index.html index.json"
+SITE_FILES="index.html index.json unknown-model.json"
 
 # A model name as onebox allows it: letters, digits, '.', '_', '-', starting with a letter or digit.
 check_name() {
@@ -34,20 +39,54 @@ check_name() {
 
 live() {
   for color in blue green; do
-    if [ -f "/state/live/$1.$color" ]; then echo "$color"; return; fi
+    if [ -f "$NAMES/$1/$color" ]; then echo "$color"; return; fi
   done
   echo none
 }
 
 mark() {
   case "$2" in
-    blue|green) touch "/state/live/$1.$2" ;;
+    blue|green) mkdir -p "$NAMES/$1"; touch "$NAMES/$1/$2" ;;
     none) ;;
     *) echo "unknown color: $2 (blue, green or none)" >&2; exit 2 ;;
   esac
   for color in blue green; do
-    [ "$color" = "$2" ] || rm -f "/state/live/$1.$color"
+    [ "$color" = "$2" ] || rm -f "$NAMES/$1/$color"
   done
+}
+
+# Serve model NAME at the slot KEY (binary digits): its bits first, `served` last.
+route() {
+  case "$2" in ""|*[!01]*) echo "bad slot: '$2'" >&2; exit 2 ;; esac
+  folder="$NAMES/$1"
+  if [ -f "$folder/served" ] && [ "$(cat "$folder/slot" 2>/dev/null)" = "$2" ]; then return; fi
+  mkdir -p "$folder"
+  rm -f "$folder/served" "$folder"/b[0-9]*
+  bits="$2"
+  bit=0
+  while [ -n "$bits" ]; do
+    if [ "${bits#"${bits%?}"}" = 1 ]; then touch "$folder/b$bit"; fi
+    bits="${bits%?}"
+    bit=$((bit + 1))
+  done
+  echo "$2" > "$folder/slot"
+  touch "$folder/served"
+}
+
+# Stop routing model NAME: from the moment `served` is gone its name answers 404.
+unroute() {
+  check_name "$1"
+  rm -f "$NAMES/$1/served"
+  rm -rf "${NAMES:?}/$1"
+}
+
+# Whether NAME has a line in the staged list of served models (sh has no local variables:
+# these names are its own).
+listed() {
+  while read -r listed_name listed_key; do
+    if [ "$listed_name" = "$1" ]; then return 0; fi
+  done < /state/incoming/models
+  return 1
 }
 
 # nginx's form of address:port: an IPv6 address goes in brackets.
@@ -61,7 +100,7 @@ listen_directive() {
 }
 
 apply() {
-  for name in $NGINX_FILES $SITE_FILES; do
+  for name in $NGINX_FILES $SITE_FILES models default; do
     [ -f "/state/incoming/$name" ] || { echo "apply: /state/incoming/$name is missing" >&2; exit 1; }
   done
   changed=""
@@ -79,23 +118,38 @@ apply() {
       exit 1
     fi
   fi
+  # Models added (their colors were marked first), then the default, then models removed.
+  while read -r name key; do
+    if [ -n "$name" ]; then check_name "$name"; route "$name" "$key"; fi
+  done < /state/incoming/models
+  default="$(cat /state/incoming/default)"
+  if [ -n "$default" ]; then
+    check_name "$default"
+    ln -sfn "$default" "$NAMES/.default"
+    mv -T "$NAMES/.default" "$NAMES/@default"  # a rename: the link is the old one or the new one
+  else
+    rm -f "$NAMES/@default"
+  fi
+  for folder in "$NAMES"/*; do
+    name="${folder##*/}"
+    if [ "$name" != "@default" ] && [ -d "$folder" ] && ! listed "$name"; then unroute "$name"; fi
+  done
   # A rename: a request for the index reads the old page or the new one, never half of one.
   for name in $SITE_FILES; do mv "/state/incoming/$name" "/state/site/$name"; done
   rm -f /state/incoming/*
-  # The routes changed only when a model was added or removed (or the default moved); a swap
-  # of a model's version changes the index alone, and needs no reload.
+  # The configuration changes only with the network or the labeling service, not with the models.
   if [ -n "$changed" ]; then nginx -c "$conf" -s reload; echo reloaded; fi
 }
 
 case "${1:-run}" in
   run)
-    mkdir -p /tmp/onebox/body /tmp/onebox/proxy /state/nginx /state/live /state/site /state/incoming
+    mkdir -p /tmp/onebox/body /tmp/onebox/proxy /state/nginx "$NAMES" /state/site /state/incoming
     sed -e "s|@LISTEN@|$(listen_directive)|" -e "s|@MAX_BODY@|$max_body|g" "$template" > "$conf"
     [ -f /state/nginx/routes.conf ] || cp /etc/onebox/no-models.conf /state/nginx/routes.conf
     [ -f /state/nginx/upstreams.conf ] || : > /state/nginx/upstreams.conf
-    # A gateway of an earlier onebox (one model) kept its color in /state/live-COLOR or
-    # /state/color; onebox marks the model under its name again on `up`.
-    rm -f /state/live-blue /state/live-green /state/color
+    # A gateway of an earlier onebox kept its colors in /state/live/NAME.COLOR (before that in
+    # /state/live-COLOR or /state/color); onebox marks each model again on `up`.
+    rm -rf /state/live /state/live-blue /state/live-green /state/color
     exec nginx -c "$conf" -g 'daemon off;' ;;
   switch) check_name "${2:-}"; mark "$2" "${3:-}" ;;
   color) check_name "${2:-}"; live "$2" ;;

@@ -11,15 +11,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.appliance_network import ApplianceNetwork
+from serving.appliance_network import MAX_MODELS, ApplianceNetwork
 from serving.appliance_state import ApplianceState, ServedModel
 from serving.compose_models import models_compose, write_models_compose
 from serving.gateway_config import (
+    DEFAULT_NAME,
+    UNKNOWN_MODEL_FILE,
     GatewayModel,
     check_model_name,
     index_json,
+    models_list,
     routes_conf,
     routes_digest,
+    slot_key,
+    unknown_model_json,
     upstreams_conf,
 )
 from serving.metadata import ModelMetadata
@@ -37,55 +42,77 @@ STATE = ApplianceState(
 
 def gateway_models() -> list[GatewayModel]:
     digits = ModelMetadata("digits", "2", "run", "digits", "1", ("0", "1"), (1, 8, 8))
-    return [
-        GatewayModel(STATE.models[0], ("10.99.0.253", "10.99.0.254"), digits),
-        GatewayModel(STATE.models[1], ("10.99.0.251", "10.99.0.252"), None),
-    ]
+    return [GatewayModel(STATE.models[0], digits), GatewayModel(STATE.models[1], None)]
 
 
 def locations(conf: str) -> dict[str, str]:
     return dict(re.findall(r"^location (.+?) \{\n(.*?)^\}", conf, flags=re.MULTILINE | re.DOTALL))
 
 
-def test_each_model_is_forwarded_with_its_prefix_to_its_live_color() -> None:
-    routes = locations(routes_conf(gateway_models(), default="cats.v2"))
-    for name, slot in (("digits", 0), ("cats.v2", 1)):
-        for location in (f"= /models/{name}", f"^~ /models/{name}/"):
-            # A variable and no URI part: nginx passes the request's path on unchanged.
-            assert f"proxy_pass http://$model_{slot};" in routes[location]
-    assert "proxy_pass http://$model_default;" in routes["/"]
-    conf = routes_conf(gateway_models(), default="cats.v2")
-    assert 'set $model_default "$model_1";' in conf
-    assert "if (-f /state/live/cats.v2.green) {\n    set $model_1 model_1_green;\n}" in conf
+def test_the_routes_find_the_model_from_files_so_they_are_the_same_for_any_models() -> None:
+    conf = routes_conf(NETWORK)
+    routes = locations(conf)
+    # A variable and no URI part: nginx passes the request's path on unchanged.
+    assert "proxy_pass http://$model_upstream;" in routes["^~ /models/"]
+    assert "proxy_pass http://$model_upstream;" in routes["/"]
+    assert 'if ($uri ~ "^/models/([A-Za-z0-9][A-Za-z0-9._-]*)(?:/|$)") {\n    set $model_name $1;\n}' in conf
+    assert f'set $model_name "{DEFAULT_NAME}";' in conf  # the unprefixed routes: the default model's
+    # A /24 has 63 slots: six binary digits, one file each.
+    assert [int(bit) for bit in re.findall(r"if \(-f /state/names/\$model_name/b(\d)\)", conf)] == list(range(6))
+    assert "model_${slot_b5}${slot_b4}${slot_b3}${slot_b2}${slot_b1}${slot_b0}_$model_color" in conf
+    assert "if (-f /state/names/$model_name/green) {\n    set $model_color green;\n}" in conf
+    assert "digits" not in conf
 
 
-def test_the_routes_say_which_they_are_so_a_reload_can_be_awaited() -> None:
-    digest = routes_digest(gateway_models(), default="digits")
-    assert f"return 200 '{digest}';" in locations(routes_conf(gateway_models(), default="digits"))["= /gateway/routes"]
-    assert routes_digest(gateway_models(), default="cats.v2") != digest
-    assert routes_digest(gateway_models()[:1], default="digits") != digest
+def test_the_served_models_are_listed_by_name_and_slot_in_binary() -> None:
+    assert models_list(gateway_models(), NETWORK) == "digits 000000\ncats.v2 000001\n"
+    assert slot_key(62, NETWORK) == "111110"
+    wide = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("10.99.0.0/23"))
+    assert slot_key(126, wide) == "1111110"  # 127 slots: seven digits
+    huge = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("10.96.0.0/14"))
+    assert huge.slots == MAX_MODELS  # the gateway declares an upstream per slot: a bound
+    with pytest.raises(ServingError, match="has room for 128 models"):
+        huge.addresses(MAX_MODELS)
+
+
+def test_the_configuration_says_which_it_is_so_a_reload_can_be_awaited() -> None:
+    digest = routes_digest(NETWORK)
+    assert f"return 200 '{digest}';" in locations(routes_conf(NETWORK))["= /gateway/routes"]
+    assert routes_digest(NETWORK, labeling="127.0.0.1:3100") != digest
+    other = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("10.98.0.0/24"))
+    assert routes_digest(other) != digest
 
 
 def test_an_unknown_model_is_a_404_listing_the_served_ones() -> None:
-    routes = locations(routes_conf(gateway_models(), default="digits"))
-    body = re.search(r"return 404 '(.*)';", routes["~ ^/models/([A-Za-z0-9._-]+)"])
-    assert body is not None
-    answer = json.loads(body.group(1).replace("$1", "dogs"))
+    routes = locations(routes_conf(NETWORK))
+    assert f"error_page 404 /gateway/errors/{UNKNOWN_MODEL_FILE};" in routes["^~ /models/"]
+    template = unknown_model_json(gateway_models())
+
+    def as_nginx_fills_it(asked: str) -> dict[str, object]:  # the SSI directives, as nginx runs them
+        directives = r'(.*)<!--# if expr="\$asked_model" -->(.*)<!--# else -->(.*)<!--# endif -->(.*)'
+        found = re.fullmatch(directives, template, re.S)
+        assert found is not None
+        head, named, unnamed, tail = found.groups()
+        chosen = named.replace('<!--# echo var="asked_model" -->', asked) if asked else unnamed
+        return json.loads(head + chosen + tail)
+
+    answer = as_nginx_fills_it("dogs")
     assert answer["error"] == "no model named dogs is served; served models: digits, cats.v2"
     assert answer["models"] == ["digits", "cats.v2"]
+    assert as_nginx_fills_it("")["error"] == "no model name in the path; served models: digits, cats.v2"
 
 
 def test_no_models_means_503_with_how_to_train_one() -> None:
-    routes = locations(routes_conf([], default=None))
-    assert "no model is deployed yet; train one with: onebox train" in routes["/"]
-    assert not [location for location in routes if location.startswith(("=", "^~")) and "/models/" in location]
-    assert upstreams_conf([]) == ""
+    assert "no model is deployed yet; train one with: onebox train" in locations(routes_conf(NETWORK))["/"]
+    assert "served models: none" in unknown_model_json([])
+    assert models_list([], NETWORK) == ""
 
 
-def test_every_color_has_an_upstream_at_its_fixed_address() -> None:
-    upstreams = upstreams_conf(gateway_models())
-    for slot, color, address in ((0, "blue", "10.99.0.253"), (1, "green", "10.99.0.252")):
-        assert re.search(rf"upstream model_{slot}_{color} \{{\n    server {address}:3000;", upstreams)
+def test_every_color_of_every_slot_has_an_upstream_at_its_fixed_address() -> None:
+    upstreams = upstreams_conf(NETWORK)
+    assert upstreams.count("upstream ") == 2 * NETWORK.slots == 126
+    for key, color, address in (("000000", "blue", "10.99.0.253"), ("000001", "green", "10.99.0.252")):
+        assert re.search(rf"upstream model_{key}_{color} \{{\n    server {address}:3000;", upstreams)
 
 
 def test_the_index_lists_the_models_that_say_what_they_serve() -> None:
@@ -125,21 +152,10 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
 
 
 def test_the_labeling_page_is_forwarded_only_when_the_appliance_runs_it() -> None:
-    assert "/label/" not in routes_conf(gateway_models(), default="digits")
-    routes = locations(routes_conf(gateway_models(), default="digits", labeling="127.0.0.1:3100"))
+    assert "/label/" not in routes_conf(NETWORK)
+    routes = locations(routes_conf(NETWORK, labeling="127.0.0.1:3100"))
     assert "proxy_pass http://127.0.0.1:3100;" in routes["^~ /label/"]  # the prefix kept: the app answers /label/...
     assert "@labeling_down" in routes["^~ /label/"]
     assert json.loads(routes["@labeling_down"].split("return 502 '")[1].split("';")[0])["error"].startswith(
         "the labeling page is not running"
     )
-    # A new route is a new digest, so a publish waits until nginx answers with it; the old
-    # routes keep the digest they had.
-    with_labeling = routes_digest(gateway_models(), default="digits", labeling="127.0.0.1:3100")
-    assert with_labeling != routes_digest(gateway_models(), default="digits")
-
-
-def test_the_index_links_each_models_labeling_page_when_there_is_one() -> None:
-    (entry,) = json.loads(index_json(gateway_models(), default="digits", labeling=True))["models"]
-    assert entry["labeling_url"] == "/label/digits/"
-    (plain,) = json.loads(index_json(gateway_models(), default="digits"))["models"]
-    assert "labeling_url" not in plain

@@ -1,0 +1,210 @@
+"""The gateway's routing, in the real nginx of the gateway image with this checkout's gateway.sh and
+configuration: models added, removed and switched under load are files nginx reads per request,
+never a reload, so not one request fails (a reload closes the keep-alive connections clients are
+sending on); an unknown model is a 404 that lists the served ones; the default follows.
+
+The models' colors are small HTTP servers on loopback addresses: the appliance's network here is
+127.77.0.0/24, whose fixed color addresses all reach this machine's loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.servers import free_port
+from serving.appliance_network import ApplianceNetwork
+from serving.appliance_state import Color, ServedModel
+from serving.checkout import COMPOSE_DIR
+from serving.gateway import Gateway
+from serving.gateway_config import MODEL_PORT, GatewayModel
+from serving.waiting import NotYet, wait_for
+
+pytestmark = pytest.mark.docker
+
+GATEWAY_IMAGE = "onebox/gateway:latest"
+NETWORK = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("127.77.0.0/24"))
+
+
+class ColorServer(BaseHTTPRequestHandler):
+    """Answers any request with which model color it is and the path it got."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "color"
+
+    def do_GET(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"color": self.server.color, "path": self.path}).encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Routing:
+    url: str
+    gateway: Gateway
+    models: dict[str, ServedModel] = field(default_factory=dict)
+
+    def publish(self, *names: str, default: str | None = None) -> bool:
+        served = [GatewayModel(self.models[name], None) for name in names]
+        return self.gateway.publish(served, network=NETWORK, default=default or (names[0] if names else None))
+
+    def switch(self, name: str, color: Color | None) -> None:
+        self.gateway.switch(name, color)
+
+    def who(self, path: str) -> str:
+        answer = httpx.get(f"{self.url}{path}", timeout=5)
+        return answer.json()["color"] if answer.status_code == 200 else f"{answer.status_code}"
+
+
+@pytest.fixture(scope="module")
+def routing() -> Iterator[Routing]:
+    from serving.docker_client import docker_client, image_exists
+
+    if not image_exists(GATEWAY_IMAGE):
+        pytest.skip(f"{GATEWAY_IMAGE} is not built (make up builds it)")
+    models = {"digits": ServedModel("digits", 0), "cats.v2": ServedModel("cats.v2", 1)}
+    servers = []
+    for model in models.values():
+        for color, address in zip(("blue", "green"), NETWORK.addresses(model.slot), strict=True):
+            server = ThreadingHTTPServer((str(address), MODEL_PORT), ColorServer)
+            server.color = f"{model.name}-{color}"  # type: ignore[attr-defined]
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+    port = free_port()
+    gateway_dir = Path(COMPOSE_DIR, "gateway")
+    container = docker_client().containers.run(
+        GATEWAY_IMAGE,
+        detach=True,
+        remove=True,
+        network_mode="host",
+        environment={"ONEBOX_GATEWAY_LISTEN": f"127.0.0.1:{port}"},
+        volumes={
+            str(gateway_dir / "nginx.conf.template"): {"bind": "/etc/onebox/nginx.conf.template", "mode": "ro"},
+            str(gateway_dir / "gateway.sh"): {"bind": "/usr/local/bin/onebox-gateway", "mode": "ro"},
+        },
+    )
+    url = f"http://127.0.0.1:{port}"
+    gateway = Gateway("unused", url)
+    gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
+
+    def healthy() -> None:
+        try:
+            httpx.get(f"{url}/gateway/healthz", timeout=2).raise_for_status()
+        except httpx.HTTPError as error:
+            raise NotYet(str(error)) from error
+
+    try:
+        wait_for(healthy, timeout_s=60, what="the gateway to answer")
+        routing = Routing(url, gateway, models)
+        routing.switch("digits", "blue")
+        # The first routes replace the gateway's no-models configuration: the one reload.
+        assert routing.publish("digits")
+        yield routing
+    finally:
+        container.stop(timeout=5)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_models_added_and_removed_under_load_cut_no_request(routing: Routing) -> None:
+    failures: list[str] = []
+    sent = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as session:  # keep-alive: the connections a reload would close
+            while not stop.is_set():
+                try:
+                    answer = session.post(f"{routing.url}/models/digits/predict", content=b"x" * 2000)
+                    if answer.status_code != 200 or answer.json()["color"] != "digits-blue":
+                        failures.append(f"{answer.status_code} {answer.text[:100]}")
+                except httpx.HTTPError as error:
+                    failures.append(repr(error))
+                sent[0] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        reloads = []
+        for _ in range(8):
+            routing.switch("cats.v2", "green")
+            reloads.append(routing.publish("digits", "cats.v2"))
+            assert routing.who("/models/cats.v2/predict") == "cats.v2-green"
+            routing.switch("cats.v2", None)
+            reloads.append(routing.publish("digits"))
+            assert routing.who("/models/cats.v2/predict") == "404"
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    assert reloads == [False] * 16
+    assert failures == []
+    assert sent[0] > 100
+
+
+def test_an_unknown_model_is_a_json_404_listing_the_served_ones(routing: Routing) -> None:
+    for path, error in (
+        ("/models/dogs/predict", "no model named dogs is served; served models: digits"),
+        ("/models/dogs", "no model named dogs is served; served models: digits"),
+        ("/models/", "no model name in the path; served models: digits"),
+        # The default's link is not a model name: a name starts with a letter or a digit.
+        ("/models/@default/predict", "no model name in the path; served models: digits"),
+    ):
+        answer = httpx.get(f"{routing.url}{path}")
+        assert answer.status_code == 404, path
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json() == {"error": error, "models": ["digits"]}, path
+    # A path above the root, or with a NUL, is refused before any route: as JSON too.
+    for path in ("/models/..%2F..%2Fetc/passwd", "/models/x%00y"):
+        answer = httpx.get(f"{routing.url}{path}")
+        assert answer.status_code == 400, path
+        assert answer.json()["error"].startswith("the request is malformed"), path
+
+
+def test_each_model_is_forwarded_with_its_prefix_and_the_default_moves(routing: Routing) -> None:
+    routing.switch("cats.v2", "blue")
+    try:
+        assert not routing.publish("digits", "cats.v2", default="cats.v2")
+        answer = httpx.get(f"{routing.url}/models/digits/metadata?x=1").json()
+        assert answer == {"color": "digits-blue", "path": "/models/digits/metadata?x=1"}
+        assert routing.who("/predict") == "cats.v2-blue"  # the unprefixed routes: the default's
+        assert not routing.publish("digits", "cats.v2", default="digits")
+        assert routing.who("/predict") == "digits-blue"
+        # A swap is a marker: both exist for a moment, and either color answers.
+        routing.switch("digits", "green")
+        assert routing.who("/models/digits/predict") == routing.who("/predict") == "digits-green"
+        routing.switch("digits", "blue")
+    finally:
+        routing.switch("cats.v2", None)
+        routing.publish("digits")
+
+
+def test_a_served_model_with_no_live_color_is_a_json_503(routing: Routing) -> None:
+    routing.switch("digits", None)
+    try:
+        answer = httpx.get(f"{routing.url}/models/digits/predict")
+        assert answer.status_code == 503
+        assert answer.json() == {"error": "model digits has no live version; deploy one with: onebox train"}
+        assert httpx.get(f"{routing.url}/predict").status_code == 503
+    finally:
+        routing.switch("digits", "blue")
+    assert routing.who("/models/digits/predict") == "digits-blue"
