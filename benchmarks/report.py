@@ -92,6 +92,52 @@ def serving_table(serving: dict[str, Any]) -> list[str]:
     return lines + (cpu_lines if len(cpu_lines) > 6 else [])
 
 
+def prediction_log_targets(log: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """The prediction log's targets (benchmarks/prediction_log.py): at most 10% more CPU per request
+    with it on, at each connection count, and no record lost below the queue bound."""
+    rows: list[tuple[str, str, bool | None]] = []
+    for run in log["runs"]:
+        ratio = run["cpu_per_request_on_vs_off"]
+        rows.append(
+            (f"prediction log adds <= 10% CPU per request, {run['connections']} clients", f"{ratio - 1:+.1%}",
+             ratio <= 1.10)
+        )  # fmt: skip
+    records = log["records"]
+    rows.append(
+        ("no prediction record lost below the queue bound", f"{records['missing']} missing of {records['on_disk']:,}",
+         records["missing"] == 0)
+    )  # fmt: skip
+    return rows
+
+
+def prediction_log_table(log: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"The prediction log on vs off ({log['model']}, {log['worker_processes']} worker, median of "
+        f"{log['rounds']} rounds of {log['seconds_per_run']:g} s; requests/s · p50 / p99 · server CPU per request):",
+        "",
+        "| clients | log on | log off | CPU per request, on/off |",
+        "|---|---|---|---|",
+    ]
+    for run in log["runs"]:
+        on, off = run["log_on"], run["log_off"]
+        cells = [
+            f"{side['rps']:,.0f} · {side['p50_ms']:.1f} / {side['p99_ms']:.1f} ms · "
+            f"{side['server_cpu_ms_per_request']:.3f} ms"
+            for side in (on, off)
+        ]
+        lines.append(f"| {run['connections']} | {cells[0]} | {cells[1]} | {run['cpu_per_request_on_vs_off']}x |")
+    writer = log.get("writer_unique_inputs")
+    if writer:
+        lines += [
+            "",
+            f"Every input new (a file each): {writer['submit_us_per_record']} µs per record on the request path, "
+            f"{writer['writer_us_per_record']:,.0f} µs in the writer thread; {writer['written']:,} of "
+            f"{writer['records']:,} written.",
+        ]
+    return lines
+
+
 def targets_table(data: dict[str, Any]) -> list[str]:
     rows: list[tuple[str, str, bool | None]] = []
     serving, appliance, pipeline = data.get("serving"), data.get("appliance"), data.get("pipeline")
@@ -129,6 +175,8 @@ def targets_table(data: dict[str, Any]) -> list[str]:
             extra = appliance["extra_model_memory_mib"]["usage_mib"]
             target = f"each additional served model <= 200 MB ({MB_200_MIB:,.0f} MiB) idle"
             rows.append((target, f"{extra:,.0f} MiB", extra <= MB_200_MIB))
+    if data.get("prediction_log"):
+        rows += prediction_log_targets(data["prediction_log"])
     if data.get("cli"):
         rows += cli_targets(data["cli"])
     if data.get("dataset_import"):
@@ -145,6 +193,8 @@ def targets_table(data: dict[str, Any]) -> list[str]:
 
 def other_tables(data: dict[str, Any]) -> list[str]:
     lines: list[str] = []
+    if data.get("prediction_log"):
+        lines += prediction_log_table(data["prediction_log"])
     if data.get("cli"):
         lines += cli_table(data["cli"], data.get("cli-before"))
     if data.get("dataset_import"):
@@ -277,7 +327,17 @@ def summary(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    names = ("appliance", "serving", "runtimes", "pipeline", "cli", "cli-before", "dataset_import", "training")
+    names = (
+        "appliance",
+        "serving",
+        "prediction_log",
+        "runtimes",
+        "pipeline",
+        "cli",
+        "cli-before",
+        "dataset_import",
+        "training",
+    )
     data = {name: _load(name) for name in names}
     plots(data)
     text = summary(data)

@@ -24,18 +24,53 @@ from flows.prepare import Split, split_dataset
 from flows.promote import REFUSED, GateDecision
 from flows.run_record import REPORT_FILE, RunRecord, read_run
 from serving.predictor import OnnxPredictor
-from storage.datasets import open_images, resolve_dataset
-from storage.errors import ModelError
+from storage.datasets import DatasetVersion, open_images, resolve_dataset
+from storage.errors import DatasetError, ModelError
 from storage.registry import LEGACY_MODEL_NAME, MODEL_NAME_TAG, materialize_bundle
 from storage.settings import Settings
 
 MAX_MISCLASSIFIED = 32
 
 
-def _test_split(settings: Settings, run: RunRecord) -> tuple[Split, tuple[str, ...]]:
-    dataset = resolve_dataset(run.params["dataset_name"], run.params["dataset_version"], settings)
+def _test_split(settings: Settings, dataset: DatasetVersion, run: RunRecord) -> tuple[Split, tuple[str, ...]]:
     data = split_dataset(open_images(dataset), seed=int(run.params["seed"]))
     return data.test, data.classes
+
+
+def _parent(settings: Settings, dataset: DatasetVersion) -> DatasetVersion | None:
+    """The version ``dataset`` was made from (an inbox merge), when it is still in the catalog."""
+    parent = (dataset.lineage or {}).get("parent")
+    if not parent:
+        return None
+    try:
+        return resolve_dataset(dataset.name, str(parent), settings)
+    except DatasetError:
+        return None
+
+
+def data_rows(dataset: DatasetVersion | None, parent: DatasetVersion | None = None) -> list[tuple[str, str]]:
+    """What the run trained on, and for a version made from labeled production images (an inbox
+    merge) where they came from and what they added, class by class."""
+    if dataset is None:
+        return []
+    counts = ", ".join(f"{name} {count}" for name, count in dataset.counts.items())
+    rows = [("version", f"{dataset.name}:{dataset.version}"), ("images", f"{dataset.num_images} ({counts})")]
+    lineage = dataset.lineage
+    if not lineage:
+        return [*rows, ("made by", "an import")]
+    model = lineage.get("model", "?")
+    rows.append(("made from", f"{dataset.name}:{lineage.get('parent')} and images labeled from model {model}'s inbox"))
+    rows.append(("inbox batch", f"{lineage.get('inbox_batch')}: {lineage.get('images')} images"))
+    if parent is not None:
+        added = {name: dataset.counts.get(name, 0) - parent.counts.get(name, 0) for name in dataset.counts}
+        listed = ", ".join(f"{name} +{count}" for name, count in added.items() if count)
+        rows.append(("added per class", listed or "none"))
+    else:
+        rows.append(("added per class", f"unknown: version {lineage.get('parent')} is no longer in the catalog"))
+    if lineage.get("production_version"):
+        rows.append(("production then", f"{model} v{lineage['production_version']}"))
+    rows.append(("labeled by", f"{lineage.get('by', '?')} at {lineage.get('at', '?')}"))
+    return rows
 
 
 def _score(
@@ -83,7 +118,8 @@ def build_report(
     """
     run = read_run(settings, run_id)
     name = run_model_name(run)
-    test, classes = _test_split(settings, run)
+    dataset = resolve_dataset(run.params["dataset_name"], run.params["dataset_version"], settings)
+    test, classes = _test_split(settings, dataset, run)
     challenger_scored = _score(settings, name, run.model_version, test, classes)
     if challenger_scored is None:
         raise ModelError(f"run {run_id}'s model does not match its own dataset")
@@ -111,6 +147,7 @@ def build_report(
         baseline_version=baseline_version,
         baseline_label=baseline_label,
         baseline_note=baseline_note,
+        data=data_rows(dataset, _parent(settings, dataset)),
     )
 
 
@@ -126,9 +163,11 @@ def render_report(
     baseline_version: str | None = None,
     baseline_label: str = "production",
     baseline_note: str = "",
+    data: list[tuple[str, str]] | None = None,
 ) -> str:
     """The report's HTML from what was measured: the run's record, the challenger's scores and
-    probabilities on ``test``, and the baseline's scores on the same split when there is one."""
+    probabilities on ``test``, and the baseline's scores on the same split when there is one;
+    ``data`` is the dataset's rows (:func:`data_rows`)."""
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != test.labels)[:MAX_MISCLASSIFIED]
     wrong_images = test.indexes[wrong]  # read alone: the whole test split can be gigabytes
@@ -189,6 +228,7 @@ def render_report(
             if name in run.params
         },
         "environment": _environment_rows(run),
+        "data": data or [],
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     templates = Environment(loader=PackageLoader("flows", "templates"), autoescape=select_autoescape(["html"]))

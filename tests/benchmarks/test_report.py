@@ -84,3 +84,48 @@ def test_cli_targets_are_judged_the_untargeted_only_shown(quick_s: float, served
     table = "\n".join(report.other_tables(data))
     assert "`onebox report nosuchrun` | 2.0 (load 0.5) | 2.0 (load 0.5) |" in table
     assert f"| 50.0 / 53.0 (load 0.5-0.5) | {served_s} / {served_s + 3} (load 0.5-0.5) |" in table
+
+
+def prediction_log_results(cpu_on: float, missing: int) -> dict:
+    side = {"requests": 900, "errors": 0, "rps": 300.0, "p50_ms": 20.0, "p99_ms": 60.0}
+    runs = [
+        {
+            "connections": connections,
+            "log_on": {**side, "server_cpu_ms_per_request": cpu_on},
+            "log_off": {**side, "server_cpu_ms_per_request": 1.0},
+            "cpu_per_request_on_vs_off": round(cpu_on, 3),
+            "rps_on_vs_off": 1.0,
+        }
+        for connections in (8, 64)
+    ]
+    return {
+        "model": "bench",
+        "worker_processes": 1,
+        "rounds": 3,
+        "seconds_per_run": 3.0,
+        "runs": runs,
+        "records": {"answered_at_least": 1700, "on_disk": 1800, "missing": missing, "dropped": 0},
+        "writer_unique_inputs": {
+            "records": 200,
+            "written": 200,
+            "submit_us_per_record": 2.0,
+            "writer_us_per_record": 800,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("cpu_on", "missing", "expected"), [(1.05, 0, ["met", "met", "met"]), (1.2, 3, ["**missed**"] * 3)]
+)
+def test_the_prediction_log_targets_are_judged_and_its_figures_shown(
+    cpu_on: float, missing: int, expected: list[str]
+) -> None:
+    results = prediction_log_results(cpu_on, missing)
+    rows = [line for line in report.targets_table({"prediction_log": results}) if "prediction" in line]
+    assert [line.rsplit(" | ", 1)[1].removesuffix(" |") for line in rows] == expected
+    assert f"| {cpu_on - 1:+.1%} |" in rows[0]
+    table = report.other_tables({"prediction_log": results})
+    assert (
+        f"| 8 | 300 · 20.0 / 60.0 ms · {cpu_on:.3f} ms | 300 · 20.0 / 60.0 ms · 1.000 ms | {round(cpu_on, 3)}x |"
+        in table
+    )

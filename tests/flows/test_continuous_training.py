@@ -147,6 +147,15 @@ def test_drift_to_labels_to_a_retrained_model_judged_by_the_gate(appliance: Sett
     assert after is not None
     promoted = mlflow_run.data.tags["onebox.gate"] == "passed"
     assert after.version == ("2" if promoted else production.version)  # production moved only if the gate passed
+    # The run's evaluation report shows the new data: where it came from and what it added.
+    from flows.run_record import fetch_report
+    from tests.flows.test_report import table_rows
+
+    data = table_rows(fetch_report(settings, mlflow_run.info.run_id).read_text(), "data-lineage")
+    assert data["version"] == f"digits:{made.version}"
+    assert data["made from"].startswith(f"digits:{made.lineage['parent']} and images labeled from model digits")
+    assert data["inbox batch"].endswith(": 12 images")
+    assert sum(int(part.split("+")[1]) for part in data["added per class"].split(", ")) == 12
 
     # The scheduled reconcile finds the version trained and starts nothing; the run stays one.
     assert reconcile(settings) == []

@@ -20,8 +20,9 @@ from flows.evaluate import evaluate_probabilities
 from flows.export import LATENCY_BATCH_SIZES
 from flows.parameters import TrainingParameters
 from flows.prepare import Split
-from flows.report import build_report, render_report
+from flows.report import build_report, data_rows, render_report
 from flows.run_record import REPORT_FILE, RunRecord, fetch_report, latest_run_with_report, read_run
+from storage.datasets import DatasetVersion
 from storage.errors import ModelError
 from storage.registry import PRODUCTION, version_by_alias
 from tests.conftest import TrainedPipeline
@@ -174,6 +175,7 @@ def test_first_run_logs_a_report_without_comparison(trained: TrainedPipeline) ->
     assert all(png.startswith(PNG_MAGIC) for png in images.values())
     assert "http://" not in html.replace("http://www.w3.org", "")  # self-contained: nothing fetched
     assert "digits v1" in html
+    assert table_rows(html, "data-lineage")["made by"] == "an import"  # the bundled digits
     tags = MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).data.tags
     assert re.fullmatch(r"[0-9a-f]{12}( \(uncommitted changes\))?|not a git checkout", tags["onebox.git_commit"])
     assert tags["onebox.git_commit"] in html
@@ -263,3 +265,52 @@ def test_unknown_run_is_a_clear_error(trained: TrainedPipeline) -> None:
     assert done.returncode == 1
     assert "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _version(version: str, counts: dict[str, int], lineage: dict[str, object] | None = None) -> DatasetVersion:
+    return DatasetVersion(
+        "digits", version, tuple(counts), counts, (1, 8, 8), "2026-12-01", Path("/x"), lineage=lineage
+    )
+
+
+def test_a_version_made_from_labeled_images_shows_where_they_came_from_and_what_they_added() -> None:
+    parent = _version("aaa111", {"0": 10, "1": 10, "2": 5})
+    lineage = {
+        "parent": "aaa111",
+        "model": "digits",
+        "inbox_batch": "20261201-1",
+        "images": 7,
+        "by": "ana",
+        "at": "2026-12-01T10:00:00+00:00",
+        "production_version": "3",
+    }
+    merged = _version("bbb222", {"0": 14, "1": 10, "2": 8}, lineage)
+    rows = dict(data_rows(merged, parent))
+    assert rows["version"] == "digits:bbb222"
+    assert rows["images"] == "32 (0 14, 1 10, 2 8)"
+    assert rows["made from"] == "digits:aaa111 and images labeled from model digits's inbox"
+    assert rows["inbox batch"] == "20261201-1: 7 images"
+    assert rows["added per class"] == "0 +4, 2 +3"
+    assert rows["production then"] == "digits v3"
+    assert rows["labeled by"] == "ana at 2026-12-01T10:00:00+00:00"
+    # The parent gone from the catalog: said, not guessed.
+    assert "no longer in the catalog" in dict(data_rows(merged, None))["added per class"]
+    assert dict(data_rows(parent)) == {
+        "version": "digits:aaa111",
+        "images": "25 (0 10, 1 10, 2 5)",
+        "made by": "an import",
+    }
+
+    classes = ("0", "1", "2")
+    labels = np.array([0, 1, 2, 0])
+    probabilities = np.eye(3)[labels]
+    html = render_report(
+        synthetic_record(TrainingParameters(), gate_reason="promoted: no production model yet"),
+        model_name="digits",
+        test=Split.from_arrays(np.zeros((4, 1, 2, 2), dtype=np.uint8), labels),
+        classes=classes,
+        challenger=evaluate_probabilities(probabilities, labels, classes),
+        probabilities=probabilities,
+        data=data_rows(merged, parent),
+    )
+    assert table_rows(html, "data-lineage")["added per class"] == "0 +4, 2 +3"
