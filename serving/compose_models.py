@@ -78,7 +78,13 @@ def model_service_definition(
         "image": model.image(color),
         **single,
         **(_log_definition(settings, model) if settings else {}),
+        # As docker-compose.yml's services (x-hardened), with a bound on memory of its own.
         "restart": "unless-stopped",
+        "security_opt": ["no-new-privileges:true"],
+        "cap_drop": ["ALL"],
+        "pids_limit": 1024,
+        "mem_limit": f"${{{env_name('model_memory_mb')}:-{Settings.model_fields['model_memory_mb'].default}}}m",
+        "logging": {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}},
         "profiles": [model.service(color)],
         "environment": {
             # (ONNX Runtime takes one thread per worker by default: serving/predictor.py.)

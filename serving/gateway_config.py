@@ -105,11 +105,24 @@ def _which_model(bits: int) -> str:
     return "".join(lines)
 
 
+MODEL_DOWN_PAGE = "/gateway/errors/model-down.json"
+MODEL_DOWN_ERROR = "the model did not answer (it may be restarting or busy); try again in a few seconds"
+# A color's address answers a connection at once while it runs (a local bridge); a dead one goes
+# unanswered (about 3 s until "No route to host"): well before that, it is a 503.
+CONNECT_TIMEOUT = "750ms"
+
+
 def _proxy(unavailable: str) -> str:
     return (
+        # error_page here replaces the server's, so the body limit's JSON 413 is named again. A
+        # color that refuses, is gone or does not answer is a 503 with Retry-After: the model is
+        # unavailable, not broken.
+        "    error_page 413 /gateway/errors/413.json;\n"
+        f"    error_page 502 504 =503 {MODEL_DOWN_PAGE};\n"
         '    if ($model_upstream = "") {\n'
         f"        return 503 '{json.dumps({'error': unavailable})}';\n    }}\n"
         "    proxy_http_version 1.1;\n"
+        f"    proxy_connect_timeout {CONNECT_TIMEOUT};\n"
         '    proxy_set_header Connection "";\n'
         "    proxy_set_header Host $host;\n"
         "    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
@@ -174,6 +187,8 @@ def routes_conf(network: ApplianceNetwork, *, labeling: str | None = None) -> st
         f"location = /gateway/errors/{UNKNOWN_MODEL_FILE} {{\n    internal;\n    ssi on;\n"
         "    ssi_types application/json;\n    default_type application/json;\n"
         f"    alias /state/site/{UNKNOWN_MODEL_FILE};\n}}\n"
+        f"location = {MODEL_DOWN_PAGE} {{\n    internal;\n    add_header Retry-After 2 always;\n"
+        f"    return 503 '{json.dumps({'error': MODEL_DOWN_ERROR})}';\n}}\n"
     )
     lines.append(
         "location / {\n"

@@ -77,6 +77,15 @@ class Settings(BaseSettings):
         le=65535,
         description="The labeling page: `onebox label` on 127.0.0.1, the appliance's labeling service on bind.",
     )
+    # What each container may take (docker-compose.yml, serving/compose_models.py): a model that
+    # is sent images at the pixel limit, or a service that leaks, is stopped at its limit (and
+    # restarted) instead of taking the host's memory from the rest.
+    model_memory_mb: int = Field(
+        default=3072, ge=256, description="Memory limit of each served model's container (MiB), all its workers."
+    )
+    service_memory_mb: int = Field(
+        default=2048, ge=256, description="Memory limit of the MLflow, Prefect and labeling containers (MiB) each."
+    )
     subnet: IPv4Network | None = Field(
         default=None,
         description="The appliance's Docker network, a /24 or larger (10.99.0.0/24); default: a free one, picked once.",

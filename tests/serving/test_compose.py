@@ -240,6 +240,49 @@ def test_each_models_color_writes_its_prediction_log_into_the_hosts_home(applian
         assert stats["dropped_unwritable"] == 0, stats
 
 
+def test_every_container_is_bounded_unprivileged_and_rotates_its_logs(appliance: Settings, models: Models) -> None:
+    runtime = ComposeRuntime(appliance)
+    state = runtime.state()
+    services = ["mlflow", "prefect", "gateway", "labeling"]
+    services += [m.service(m.live_color) for m in state.live_models() if m.live_color]
+    assert len(services) == 6  # both models' live colors
+    for service in services:
+        container = runtime._container(service)
+        assert container is not None, service
+        host = container.attrs["HostConfig"]
+        assert host["SecurityOpt"] == ["no-new-privileges:true"], service
+        assert host["CapDrop"] == ["ALL"], service
+        assert 0 < host["PidsLimit"] <= 1024, service
+        limit = appliance.model_memory_mb if service.startswith("model-") else appliance.service_memory_mb
+        assert host["Memory"] == (256 if service == "gateway" else limit) * 2**20, service
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}, service
+        assert host["RestartPolicy"]["Name"] == "unless-stopped", service
+
+
+def test_a_gateway_that_exits_restarts_by_itself_and_serves_the_same_routes(
+    appliance: Settings, models: Models
+) -> None:
+    runtime = ComposeRuntime(appliance)
+    gateway = runtime._container("gateway")
+    assert gateway is not None
+    digits_url = f"{appliance.serve_url}/models/{models.digits}"
+    before = version_at(digits_url)
+    # nginx ends without Docker being asked (`docker kill` and `docker stop` count as a stop the
+    # restart policy respects): its master process is told to quit from inside the container.
+    code, output = gateway.exec_run(["sh", "-c", "kill -TERM 1"])
+    assert code == 0, output
+
+    def serving_again() -> str:
+        try:
+            return version_at(digits_url)
+        except (httpx.HTTPError, AssertionError) as error:
+            raise NotYet(repr(error)) from None
+
+    assert wait_for(serving_again, timeout_s=30, what="the gateway to restart by itself") == before
+    gateway.reload()
+    assert gateway.attrs["RestartCount"] >= 1
+
+
 def test_an_unknown_model_is_a_404_listing_the_served_ones(appliance: Settings, models: Models) -> None:
     answer = predict(f"{appliance.serve_url}/models/no-such-model")
     assert answer.status_code == 404

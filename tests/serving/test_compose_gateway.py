@@ -62,6 +62,11 @@ def test_the_routes_find_the_model_from_files_so_they_are_the_same_for_any_model
     assert "model_${slot_b5}${slot_b4}${slot_b3}${slot_b2}${slot_b1}${slot_b0}_$model_color" in conf
     assert "if (-f /state/names/$model_name/green) {\n    set $model_color green;\n}" in conf
     assert "digits" not in conf
+    for location in ("^~ /models/", "/"):
+        # A dead color is a 503 well before the ~3 s of "No route to host"; the JSON 413 stays.
+        assert "proxy_connect_timeout 750ms;" in routes[location]
+        assert "error_page 502 504 =503 /gateway/errors/model-down.json;" in routes[location]
+        assert "error_page 413 /gateway/errors/413.json;" in routes[location]
 
 
 def test_the_served_models_are_listed_by_name_and_slot_in_binary() -> None:
@@ -137,6 +142,10 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
     assert blue["profiles"] == ["model-digits-blue"]  # started on its own, by its own name
     assert blue["networks"]["default"]["ipv4_address"] == "10.99.0.253"
     assert blue["environment"]["ONEBOX_SERVE_WORKERS"] == "2"
+    # Bounded and unprivileged like the appliance's services; its memory limit from the settings.
+    assert blue["mem_limit"] == "${ONEBOX_MODEL_MEMORY_MB:-3072}m"
+    assert (blue["cap_drop"], blue["security_opt"], blue["pids_limit"]) == (["ALL"], ["no-new-privileges:true"], 1024)
+    assert blue["logging"]["options"] == {"max-size": "10m", "max-file": "3"}
     # The input limits come from the settings compose runs with (storage/limits.py), defaulted.
     assert blue["environment"]["ONEBOX_MAX_BODY_BYTES"] == "${ONEBOX_MAX_BODY_BYTES:-26214400}"
     assert blue["environment"]["ONEBOX_MAX_IMAGE_PIXELS"] == "${ONEBOX_MAX_IMAGE_PIXELS:-50000000}"

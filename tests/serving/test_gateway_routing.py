@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,7 +82,7 @@ def routing() -> Iterator[Routing]:
         pytest.skip(f"{GATEWAY_IMAGE} is not built (make up builds it)")
     models = {"digits": ServedModel("digits", 0), "cats.v2": ServedModel("cats.v2", 1)}
     servers = []
-    for model in models.values():
+    for model in models.values():  # (slot 2, "gone", has no server: a color that died)
         for color, address in zip(("blue", "green"), NETWORK.addresses(model.slot), strict=True):
             server = ThreadingHTTPServer((str(address), MODEL_PORT), ColorServer)
             server.color = f"{model.name}-{color}"  # type: ignore[attr-defined]
@@ -112,7 +113,7 @@ def routing() -> Iterator[Routing]:
 
     try:
         wait_for(healthy, timeout_s=60, what="the gateway to answer")
-        routing = Routing(url, gateway, models)
+        routing = Routing(url, gateway, {**models, "gone": ServedModel("gone", 2)})
         routing.switch("digits", "blue")
         # The first routes replace the gateway's no-models configuration: the one reload.
         assert routing.publish("digits")
@@ -208,3 +209,23 @@ def test_a_served_model_with_no_live_color_is_a_json_503(routing: Routing) -> No
     finally:
         routing.switch("digits", "blue")
     assert routing.who("/models/digits/predict") == "digits-blue"
+
+
+def test_a_dead_color_is_a_json_503_at_once_and_a_body_over_the_limit_a_json_413(routing: Routing) -> None:
+    routing.switch("gone", "blue")
+    try:
+        assert not routing.publish("digits", "gone")
+        started = time.perf_counter()
+        answer = httpx.post(f"{routing.url}/models/gone/predict", content=b"x")
+        assert time.perf_counter() - started < 1.0
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "2"
+        assert answer.json()["error"].startswith("the model did not answer")
+    finally:
+        routing.switch("gone", None)
+        routing.publish("digits")
+    # The model routes' own error pages keep the server's JSON 413 (an error_page replaces them).
+    for path in ("/models/digits/predict", "/predict"):
+        answer = httpx.post(f"{routing.url}{path}", content=b"\0" * 26_300_000)
+        assert answer.status_code == 413, path
+        assert answer.json()["error"].startswith("the request body is larger than this server accepts"), path
