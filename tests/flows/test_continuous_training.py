@@ -153,6 +153,7 @@ def test_drift_to_labels_to_a_retrained_model_judged_by_the_gate(appliance: Sett
 
     data = table_rows(fetch_report(settings, mlflow_run.info.run_id).read_text(), "data-lineage")
     assert data["version"] == f"digits:{made.version}"
+    assert made.lineage is not None
     assert data["made from"].startswith(f"digits:{made.lineage['parent']} and images labeled from model digits")
     assert data["inbox batch"].endswith(": 12 images")
     assert sum(int(part.split("+")[1]) for part in data["added per class"].split(", ")) == 12
