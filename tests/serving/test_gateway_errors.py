@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from benchmarks.servers import free_port
-from serving.checkout import COMPOSE_DIR
-from serving.waiting import NotYet, wait_for
+from tests.serving.gateway_container import gateway_container
 
 pytestmark = pytest.mark.docker
 
-GATEWAY_IMAGE = "onebox/gateway:latest"
 ROUTES = """default_type application/json;
 location = /dead { proxy_pass http://127.0.0.1:9; }
 location = /nomodel { return 503 '{"error": "no model is deployed yet"}'; }
@@ -27,43 +23,15 @@ location / { return 200 '{"ok": true}'; }
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from serving.docker_client import docker_client, image_exists
-
-    if not image_exists(GATEWAY_IMAGE):
-        pytest.skip(f"{GATEWAY_IMAGE} is not built (make up builds it)")
     nginx = tmp_path_factory.mktemp("gateway") / "nginx"
     nginx.mkdir()
     (nginx / "routes.conf").write_text(ROUTES)
     (nginx / "upstreams.conf").write_text("")
     for path in (nginx.parent, nginx, *nginx.iterdir()):
         os.chmod(path, 0o777)  # the gateway runs as its own user
-    port = free_port()
-    gateway_dir = Path(COMPOSE_DIR, "gateway")
-    container = docker_client().containers.run(
-        GATEWAY_IMAGE,
-        detach=True,
-        remove=True,
-        network_mode="host",
-        environment={"ONEBOX_GATEWAY_LISTEN": f"127.0.0.1:{port}", "ONEBOX_MAX_BODY_BYTES": "1048576"},
-        volumes={
-            str(gateway_dir / "nginx.conf.template"): {"bind": "/etc/onebox/nginx.conf.template", "mode": "ro"},
-            str(gateway_dir / "gateway.sh"): {"bind": "/usr/local/bin/onebox-gateway", "mode": "ro"},
-            str(nginx): {"bind": "/state/nginx", "mode": "rw"},
-        },
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> None:
-        try:
-            httpx.get(f"{url}/gateway/healthz", timeout=2).raise_for_status()
-        except httpx.HTTPError as error:
-            raise NotYet(str(error)) from error
-
-    try:
-        wait_for(healthy, timeout_s=60, what="the gateway to answer")
+    limit = {"ONEBOX_MAX_BODY_BYTES": "1048576"}
+    with gateway_container(limit, {str(nginx): {"bind": "/state/nginx", "mode": "rw"}}) as (_, url):
         yield url
-    finally:
-        container.stop(timeout=5)
 
 
 def test_a_body_over_the_limit_is_a_json_413(gateway: str) -> None:

@@ -16,22 +16,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
 
-from benchmarks.servers import free_port
 from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import Color, ServedModel
-from serving.checkout import COMPOSE_DIR
 from serving.gateway import Gateway
 from serving.gateway_config import MODEL_PORT, GatewayModel
-from serving.waiting import NotYet, wait_for
+from tests.serving.gateway_container import gateway_container
 
 pytestmark = pytest.mark.docker
 
-GATEWAY_IMAGE = "onebox/gateway:latest"
 NETWORK = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("127.77.0.0/24"))
 
 
@@ -76,10 +72,6 @@ class Routing:
 
 @pytest.fixture(scope="module")
 def routing() -> Iterator[Routing]:
-    from serving.docker_client import docker_client, image_exists
-
-    if not image_exists(GATEWAY_IMAGE):
-        pytest.skip(f"{GATEWAY_IMAGE} is not built (make up builds it)")
     models = {"digits": ServedModel("digits", 0), "cats.v2": ServedModel("cats.v2", 1)}
     servers = []
     for model in models.values():  # (slot 2, "gone", has no server: a color that died)
@@ -88,38 +80,16 @@ def routing() -> Iterator[Routing]:
             server.color = f"{model.name}-{color}"  # type: ignore[attr-defined]
             threading.Thread(target=server.serve_forever, daemon=True).start()
             servers.append(server)
-    port = free_port()
-    gateway_dir = Path(COMPOSE_DIR, "gateway")
-    container = docker_client().containers.run(
-        GATEWAY_IMAGE,
-        detach=True,
-        remove=True,
-        network_mode="host",
-        environment={"ONEBOX_GATEWAY_LISTEN": f"127.0.0.1:{port}"},
-        volumes={
-            str(gateway_dir / "nginx.conf.template"): {"bind": "/etc/onebox/nginx.conf.template", "mode": "ro"},
-            str(gateway_dir / "gateway.sh"): {"bind": "/usr/local/bin/onebox-gateway", "mode": "ro"},
-        },
-    )
-    url = f"http://127.0.0.1:{port}"
-    gateway = Gateway("unused", url)
-    gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
-
-    def healthy() -> None:
-        try:
-            httpx.get(f"{url}/gateway/healthz", timeout=2).raise_for_status()
-        except httpx.HTTPError as error:
-            raise NotYet(str(error)) from error
-
     try:
-        wait_for(healthy, timeout_s=60, what="the gateway to answer")
-        routing = Routing(url, gateway, {**models, "gone": ServedModel("gone", 2)})
-        routing.switch("digits", "blue")
-        # The first routes replace the gateway's no-models configuration: the one reload.
-        assert routing.publish("digits")
-        yield routing
+        with gateway_container() as (container, url):
+            gateway = Gateway("unused", url)
+            gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
+            routing = Routing(url, gateway, {**models, "gone": ServedModel("gone", 2)})
+            routing.switch("digits", "blue")
+            # The first routes replace the gateway's no-models configuration: the one reload.
+            assert routing.publish("digits")
+            yield routing
     finally:
-        container.stop(timeout=5)
         for server in servers:
             server.shutdown()
             server.server_close()
