@@ -23,7 +23,7 @@ from dotenv import dotenv_values
 
 from serving.appliance_network import ApplianceNetwork
 from storage.errors import ServingError
-from storage.locks import exclusive_lock
+from storage.locks import exclusive_lock, lock_if_free
 from storage.settings import Settings, env_name
 
 Color = Literal["blue", "green"]
@@ -189,6 +189,13 @@ def state_lock(path: Path) -> Iterator[None]:
     """Held while a deploy, a stop or an `up` changes the state at ``path``: another process waits."""
     with exclusive_lock(path.parent / ".lock"):
         yield
+
+
+@contextmanager
+def state_lock_if_free(path: Path) -> Iterator[bool]:
+    """:func:`state_lock` when no one holds it (True); False, at once, while someone does."""
+    with lock_if_free(path.parent / ".lock") as held:
+        yield held
 
 
 def _write_atomically(path: Path, text: str) -> None:

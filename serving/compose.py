@@ -112,6 +112,13 @@ class ComposeRuntime:
         return state
 
     def down(self, *, volumes: bool = False) -> None:
+        # Under the state's lock, like every change of the colors: the supervisor (which starts a
+        # stopped live color again) waits until they are gone.
+        with state_lock(self.state_path):
+            self.down_holding_lock(volumes=volumes)
+
+    def down_holding_lock(self, *, volumes: bool = False) -> None:
+        """:meth:`down` for a caller that holds the state's lock already (``up``)."""
         profiles = self._all_profiles(self.state())
         self.compose("down", *(["-v"] if volumes else []), "--remove-orphans", profiles=profiles)
 

@@ -12,6 +12,7 @@ import functools
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from serving.appliance_state import ApplianceState, read_state, state_path, write_env_file, write_state
 from serving.checkout import COMPOSE_FILE, SOURCE_ROOT
@@ -25,6 +26,9 @@ SETTINGS_FILE_VARIABLE = "ONEBOX_SETTINGS_FILE"  # the worker's env_file: every 
 SETTINGS_FILE = "settings.env"
 # The labeling service runs as the owner of the onebox home: it writes there beside the host's commands.
 HOME_UID_VARIABLE, HOME_GID_VARIABLE = "ONEBOX_HOME_UID", "ONEBOX_HOME_GID"
+# The Docker socket's group, which the supervisor service joins to start containers (docker-compose.yml).
+DOCKER_GID_VARIABLE = "ONEBOX_DOCKER_GID"
+DOCKER_SOCKET = Path("/var/run/docker.sock")
 PREFIX = "ONEBOX_"
 
 
@@ -59,6 +63,7 @@ def compose_environment(settings: Settings, state: ApplianceState) -> dict[str, 
         SETTINGS_FILE_VARIABLE: str(settings_file),
         HOME_UID_VARIABLE: str(home.st_uid),
         HOME_GID_VARIABLE: str(home.st_gid),
+        DOCKER_GID_VARIABLE: str(DOCKER_SOCKET.stat().st_gid if DOCKER_SOCKET.exists() else 0),
     }
 
 

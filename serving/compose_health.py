@@ -19,7 +19,7 @@ from storage.errors import ServingError
 if TYPE_CHECKING:
     from serving.compose import ComposeRuntime
 
-APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway", "labeling")
+APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway", "labeling", "supervisor")
 WORKER = "worker"  # the compose profile and service of the containerized Prefect worker
 GATEWAY_CONFIRM_TIMEOUT_S = 20.0
 
@@ -88,7 +88,7 @@ def prepare_network(runtime: ComposeRuntime, state: ApplianceState) -> Appliance
             f"the appliance's network {network.name} has subnet {current or 'none'}; "
             "recreating it with a fixed one (containers restart, data stays)"
         )
-        runtime.down()
+        runtime.down_holding_lock()  # `up` holds the state's lock
     subnet = choose_subnet(configured=runtime.settings.subnet, recorded=recorded, used=subnets_in_use())
     state = replace(state, network=ApplianceNetwork.for_subnet(subnet))
     write_state(runtime.state_path, state)

@@ -1,5 +1,6 @@
 """The labeling service's image: the serving runtime image plus sqlite-utils and the modules the
-labeling page and the inbox merge import (compose/labeling/Dockerfile). Offline, like every build.
+labeling page and the inbox merge import (compose/labeling/Dockerfile), and the supervisor's
+(serving/supervisor.py, with the Docker SDK). Offline, like every build.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ LABELING_FILES = (
     "flows/events.py",
     "flows/labeling_server.py",
     "serving/__init__.py",
+    # The appliance's supervisor runs from this image too (docker-compose.yml).
+    "serving/appliance_network.py",
+    "serving/appliance_state.py",
+    "serving/docker_client.py",
+    "serving/supervisor.py",
     "serving/labeling.py",
     "serving/labeling_page/labeling.css",
     "serving/labeling_page/labeling.html",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -389,6 +390,41 @@ def test_a_swap_and_a_rollback_of_one_model_under_load_on_both_fail_nothing(
         assert set(digits.answers) == {"1", "2"}  # old, then new
         assert set(colors.answers) == {"1"}  # the other model never noticed
         assert state.model_version == version == version_at(digits_url) == version_at(appliance.serve_url)
+
+
+def test_a_live_color_killed_through_docker_is_started_again_and_answered_with_503s_meanwhile(
+    appliance: Settings, models: Models
+) -> None:
+    runtime = ComposeRuntime(appliance)
+    model = runtime.state().known(models.colors)
+    assert model.live_color is not None
+    container = runtime._container(model.service(model.live_color))
+    assert container is not None
+    colors_url = f"{appliance.serve_url}/models/{models.colors}"
+    before = version_at(colors_url, COLOR_SHAPE)
+    # `docker kill` counts as a stop for Docker's restart policy: the supervisor brings it back.
+    container.kill()
+    killed = time.perf_counter()
+    outage: list[tuple[int, float, str]] = []
+    while True:
+        started = time.perf_counter()
+        answer = predict(colors_url, COLOR_SHAPE)
+        if answer.status_code == 200:
+            break
+        outage.append((answer.status_code, time.perf_counter() - started, answer.json()["error"]))
+        assert time.perf_counter() - killed < 60, outage[-3:]
+        time.sleep(0.1)
+    recovered_s = time.perf_counter() - killed
+    assert answer.json()["model_version"] == before
+    assert outage, "the color answered throughout: it was not killed"
+    # Meanwhile the gateway said so at once, as JSON, and never hung on the dead address.
+    assert {status for status, _, _ in outage} == {503}, outage
+    assert all(error.startswith("the model did not answer") for _, _, error in outage)
+    assert sorted(seconds for _, seconds, _ in outage)[len(outage) // 2] < 1.0
+    assert recovered_s < 45
+    container.reload()
+    assert container.status == "running"
+    assert runtime.state().known(models.colors).live_color == model.live_color  # the same color, started again
 
 
 def test_a_broken_model_is_refused_and_every_model_keeps_serving(

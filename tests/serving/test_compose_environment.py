@@ -21,6 +21,7 @@ from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import DYNAMIC_RANGE_KEY, ApplianceState, ServedModel
 from serving.checkout import COMPOSE_FILE, SOURCE_ROOT
 from serving.compose_cli import (
+    DOCKER_GID_VARIABLE,
     HOME_GID_VARIABLE,
     HOME_UID_VARIABLE,
     SETTINGS_FILE,
@@ -145,3 +146,17 @@ def test_the_labeling_service_runs_as_the_homes_owner_with_the_home_at_its_own_p
     assert service["volumes"] == ["${ONEBOX_HOME:-./.onebox}:${ONEBOX_HOME:-/onebox-home}"]
     assert service["environment"]["ONEBOX_RUNTIME"] == "compose"
     assert "/label/healthz" in " ".join(service["healthcheck"]["test"])
+
+
+def test_the_supervisor_reads_the_state_as_the_homes_owner_and_reaches_docker_through_its_socket(
+    tmp_path: Path,
+) -> None:
+    environment = compose_environment(Settings(home=tmp_path / "home"), ApplianceState())
+    socket = Path("/var/run/docker.sock")
+    assert environment[DOCKER_GID_VARIABLE] == str(socket.stat().st_gid if socket.exists() else 0)
+    service = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["supervisor"]
+    assert service["command"] == ["python3", "-m", "serving.supervisor"]
+    assert service["user"] == f"${{{HOME_UID_VARIABLE}:-10001}}:${{{HOME_GID_VARIABLE}:-10001}}"
+    assert service["group_add"] == [f"${{{DOCKER_GID_VARIABLE}:-0}}"]
+    assert service["network_mode"] == "none"  # it listens on nothing and needs only the socket
+    assert "/var/run/docker.sock:/var/run/docker.sock" in service["volumes"]
