@@ -57,8 +57,8 @@ worker: setup ## Run a Prefect worker here for pool 'onebox': it runs the flows 
 register: setup ## Register the flows with the appliance's Prefect server again (make up does it)
 	$(BIN)/onebox register
 
-bench: setup ## All benchmarks (docker, ~15 min): serving side by side, runtimes, swap, memory, pipeline
-	$(BIN)/python -m benchmarks.suite
+bench: setup ## All benchmarks (docker): serving side by side, runtimes, swap, memory, pipeline (ARGS="--only appliance,serving")
+	$(BIN)/python -m benchmarks.suite $(ARGS)
 
 requirements: $(UV) ## Export the images' pinned requirements from uv.lock
 	for group in serving mlflow prefect labeling; do \

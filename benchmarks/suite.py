@@ -13,6 +13,7 @@ down at the end; benchmarks/report.py writes summary.md, the plots and README's 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -38,7 +39,23 @@ def write(name: str, results: dict[str, Any]) -> None:
     print(f"-> benchmarks/results/{name}.json")
 
 
-def main() -> int:
+STAGES = ("cli", "dataset_import", "training", "appliance", "serving", "prediction_log", "runtimes", "pipeline")
+# Measured on the appliance's served model: they bring up the appliance (and measure it) first.
+ON_THE_APPLIANCE = {"appliance", "serving", "prediction_log", "runtimes", "pipeline"}
+
+
+def parse_stages(argv: list[str] | None = None) -> set[str]:
+    """The stages to run: all, or those ``--only`` names (comma-separated)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(STAGES), help=f"comma-separated, of: {', '.join(STAGES)}")
+    chosen = {name.strip() for name in parser.parse_args(argv).only.split(",") if name.strip()}
+    if unknown := sorted(chosen - set(STAGES)):
+        parser.error(f"unknown stage {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    stages = parse_stages(argv)
     configure()
     from flows.environment import prepare_environment
     from storage.settings import get_settings
@@ -55,10 +72,16 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
     runtime = ComposeRuntime(settings)
-    swap_ok = False
-    write("cli", cli.measure_cli())  # first: the appliance's containers would load the machine
-    write("dataset_import", dataset_import.measure_import())  # no Docker either
-    write("training", {**header, "throughput": training.measure_throughput(), "memory": training.measure_memory()})
+    if "cli" in stages:
+        write("cli", cli.measure_cli())  # first: the appliance's containers would load the machine
+    if "dataset_import" in stages:
+        write("dataset_import", dataset_import.measure_import())  # no Docker either
+    if "training" in stages:
+        write("training", {**header, "throughput": training.measure_throughput(), "memory": training.measure_memory()})
+    if not stages & ON_THE_APPLIANCE:
+        report.main()
+        return 0
+    swap_ok = True
     try:
         results = {**header, **appliance.measure_cold_up(settings, runtime)}
         results.update(appliance.measure_swap(settings, runtime))
@@ -68,15 +91,19 @@ def main() -> int:
         write("appliance", results)
         name, version, run_id = results["serving_model"], results["serving_version"], results["serving_run_id"]
 
-        write("serving", serving.measure_serving(settings, name, version, run_id))
+        if "serving" in stages:
+            write("serving", serving.measure_serving(settings, name, version, run_id))
         from storage.registry import materialize_bundle
 
         bundle = materialize_bundle(settings, name, version)
-        write("prediction_log", prediction_log.measure_prediction_log(bundle, workers=settings.serve_workers))
-        with tempfile.TemporaryDirectory(prefix="onebox-bench-torch-") as folder:
-            torch_model = serving.write_torch_model(settings, run_id, Path(folder))
-            write("runtimes", {**header, **runtimes.measure_runtimes(settings, name, version, torch_model)})
-        write("pipeline", {**header, **pipeline.measure_pipeline(settings)})
+        if "prediction_log" in stages:
+            write("prediction_log", prediction_log.measure_prediction_log(bundle, workers=settings.serve_workers))
+        if "runtimes" in stages:
+            with tempfile.TemporaryDirectory(prefix="onebox-bench-torch-") as folder:
+                torch_model = serving.write_torch_model(settings, run_id, Path(folder))
+                write("runtimes", {**header, **runtimes.measure_runtimes(settings, name, version, torch_model)})
+        if "pipeline" in stages:
+            write("pipeline", {**header, **pipeline.measure_pipeline(settings)})
     finally:
         _drain_prefect()
         runtime.down(volumes=True)

@@ -129,3 +129,13 @@ def test_the_prediction_log_targets_are_judged_and_its_figures_shown(
         f"| 8 | 300 · 20.0 / 60.0 ms · {cpu_on:.3f} ms | 300 · 20.0 / 60.0 ms · 1.000 ms | {round(cpu_on, 3)}x |"
         in table
     )
+
+
+def test_the_suite_runs_the_stages_it_is_given_and_names_the_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.suite import STAGES, parse_stages
+
+    assert parse_stages([]) == set(STAGES)
+    assert parse_stages(["--only", "serving, prediction_log"]) == {"serving", "prediction_log"}
+    with pytest.raises(SystemExit):
+        parse_stages(["--only", "serving,severing"])
+    assert "unknown stage severing" in capsys.readouterr().err
