@@ -85,12 +85,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     supervisor = Supervisor(get_settings())
     log.info("watching the live colors of %s", supervisor.settings.compose_project)
+    last_problem = ""
     while True:
+        HEARTBEAT_FILE.touch()
         try:
             supervisor.check()
-            HEARTBEAT_FILE.touch()
-        except ServingError as error:  # the engine is restarting: try again
-            log.warning("%s", error)
+            last_problem = ""
+        except ServingError as error:  # the engine is restarting, or the socket is not ours: again
+            if str(error) != last_problem:  # once, not each second
+                log.warning("%s", error)
+            last_problem = str(error)
         time.sleep(CHECK_INTERVAL_S)
 
 
