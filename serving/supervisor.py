@@ -87,9 +87,9 @@ def main() -> None:
     log.info("watching the live colors of %s", supervisor.settings.compose_project)
     last_problem = ""
     while True:
-        HEARTBEAT_FILE.touch()
         try:
             supervisor.check()
+            HEARTBEAT_FILE.touch()  # healthy while it reaches the engine (the state's lock busy or not)
             last_problem = ""
         except ServingError as error:  # the engine is restarting, or the socket is not ours: again
             if str(error) != last_problem:  # once, not each second
