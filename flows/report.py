@@ -32,7 +32,7 @@ from storage.settings import Settings
 MAX_MISCLASSIFIED = 32
 
 
-def _test_split(settings: Settings, dataset: DatasetVersion, run: RunRecord) -> tuple[Split, tuple[str, ...]]:
+def _test_split(dataset: DatasetVersion, run: RunRecord) -> tuple[Split, tuple[str, ...]]:
     data = split_dataset(open_images(dataset), seed=int(run.params["seed"]))
     return data.test, data.classes
 
@@ -119,7 +119,7 @@ def build_report(
     run = read_run(settings, run_id)
     name = run_model_name(run)
     dataset = resolve_dataset(run.params["dataset_name"], run.params["dataset_version"], settings)
-    test, classes = _test_split(settings, dataset, run)
+    test, classes = _test_split(dataset, run)
     challenger_scored = _score(settings, name, run.model_version, test, classes)
     if challenger_scored is None:
         raise ModelError(f"run {run_id}'s model does not match its own dataset")

@@ -78,7 +78,9 @@ def model_service_definition(
         "image": model.image(color),
         **single,
         **(_log_definition(settings, model) if settings else {}),
-        # As docker-compose.yml's services (x-hardened), with a bound on memory of its own.
+        # As docker-compose.yml's services (its x-hardened, which a second compose file cannot
+        # reference: tests/serving/test_compose_gateway.py holds the two alike), with its own
+        # bounds on processes and memory.
         "restart": "unless-stopped",
         "security_opt": ["no-new-privileges:true"],
         "cap_drop": ["ALL"],
@@ -126,11 +128,12 @@ def write_models_compose(compose_dir: Path, state: ApplianceState, settings: Set
     """Write the models' compose file (atomically) and return its path; None when no model has a
     service (docker-compose 1.x reads a file of no services as an old format and refuses it)."""
     path = models_compose_path(compose_dir)
-    if not models_compose(state, settings)["services"]:
+    compose = models_compose(state, settings)
+    if not compose["services"]:
         path.unlink(missing_ok=True)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".new")
-    staging.write_text(json.dumps(models_compose(state, settings), indent=2) + "\n")
+    staging.write_text(json.dumps(compose, indent=2) + "\n")
     staging.replace(path)
     return path

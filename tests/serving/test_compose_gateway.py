@@ -13,6 +13,7 @@ import yaml
 
 from serving.appliance_network import MAX_MODELS, ApplianceNetwork
 from serving.appliance_state import ApplianceState, ServedModel
+from serving.checkout import COMPOSE_FILE
 from serving.compose_models import models_compose, write_models_compose
 from serving.gateway_config import (
     DEFAULT_NAME,
@@ -146,6 +147,11 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
     assert blue["mem_limit"] == "${ONEBOX_MODEL_MEMORY_MB:-3072}m"
     assert (blue["cap_drop"], blue["security_opt"], blue["pids_limit"]) == (["ALL"], ["no-new-privileges:true"], 1024)
     assert blue["logging"]["options"] == {"max-size": "10m", "max-file": "3"}
+    # The rest is docker-compose.yml's x-hardened, word for word (a second file cannot use its anchor).
+    hardened = yaml.safe_load(COMPOSE_FILE.read_text())["x-hardened"]
+    assert {key: blue[key] for key in hardened if key != "pids_limit"} == {
+        key: value for key, value in hardened.items() if key != "pids_limit"
+    }
     # The input limits come from the settings compose runs with (storage/limits.py), defaulted.
     assert blue["environment"]["ONEBOX_MAX_BODY_BYTES"] == "${ONEBOX_MAX_BODY_BYTES:-26214400}"
     assert blue["environment"]["ONEBOX_MAX_IMAGE_PIXELS"] == "${ONEBOX_MAX_IMAGE_PIXELS:-50000000}"
