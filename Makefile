@@ -85,7 +85,7 @@ browser: ## Install Debian's chromium for the page tests when it is missing (roo
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's chromium for the page tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	    apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else \
 	    echo "error: the page tests need Debian's chromium; run: sudo apt-get install chromium" >&2; exit 1; \
 	  fi; }

@@ -31,7 +31,10 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     echo "error: debootstrap is not installed; run: sudo apt-get install debootstrap" >&2
     exit 1
   fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  # Each step checked on its own (set -e skips a failure left of &&); apt waits for a lock
+  # another install holds (`make browser` at the same time) instead of failing.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null
 fi
 
 rootfs=$(mktemp -d /tmp/onebox-rootfs.XXXXXX)
