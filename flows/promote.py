@@ -6,10 +6,17 @@ refused whatever ``min_improvement`` says (a new task is a new model name with i
 Otherwise it goes to production if there is none yet, or if it beats production on the same test
 split by at least ``min_improvement`` (accuracy). The ``production`` alias moves last, after the
 new model has answered a prediction through the running server.
+
+Each model's deploys, rollbacks, serves and retirements hold its lock (:func:`model_lock`) from the
+first look at its aliases to the old version's removal, across processes: two at once run one
+after the other (the second says whom it waits for), so what serves, ``production`` and the
+runtime's record of the colors never disagree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +25,7 @@ from flows.prepare import PreparedData
 from serving.metadata import METADATA_FILE, ModelMetadata
 from serving.runtime import Runtime, runtime_for
 from storage.errors import ModelError, ServingError
+from storage.locks import exclusive_lock
 from storage.model_binding import model_binding
 from storage.registry import (
     PREVIOUS,
@@ -135,6 +143,16 @@ def decide_promotion(
     )
 
 
+@contextmanager
+def model_lock(settings: Settings, name: str) -> Iterator[None]:
+    """Held while what serves model ``name`` or its aliases change; another process waits, saying for whom.
+
+    The file lives in the onebox home, which the host and the worker container share.
+    """
+    with exclusive_lock(settings.home / "locks" / f"model-{name}.lock", waiting=f"model {name}"):
+        yield
+
+
 def deploy_and_promote(settings: Settings, name: str, version: str, *, runtime: Runtime | None = None) -> str:
     """Serve ``version`` of model ``name``, check it answers, then point its ``production`` at it.
 
@@ -144,7 +162,11 @@ def deploy_and_promote(settings: Settings, name: str, version: str, *, runtime: 
     Raises:
         ServingError: the new version did not become ready; the alias has not moved.
     """
-    runtime = runtime or runtime_for(settings)
+    with model_lock(settings, name):
+        return _deploy_and_promote(settings, name, version, runtime or runtime_for(settings))
+
+
+def _deploy_and_promote(settings: Settings, name: str, version: str, runtime: Runtime) -> str:
     state = runtime.deploy(materialize_bundle(settings, name, version))
     move_production_alias(settings, name, version)
     set_retired(settings, name, retired=False)  # serving again
@@ -177,6 +199,11 @@ def rollback(
     Raises:
         ModelError: no previous version, ``to`` is not registered or is production already.
     """
+    with model_lock(settings, name):
+        return _rollback(settings, name, to, runtime or runtime_for(settings))
+
+
+def _rollback(settings: Settings, name: str, to: str | None, runtime: Runtime) -> tuple[str, str]:
     if to is None:
         previous = version_by_alias(settings, name, PREVIOUS)
         if previous is None:
@@ -189,7 +216,7 @@ def rollback(
     if production is not None and production.version == to:
         raise ModelError(f"model {name} v{to} is production already")
     _check_bound(settings, name, to)
-    return to, deploy_and_promote(settings, name, to, runtime=runtime)
+    return to, _deploy_and_promote(settings, name, to, runtime)
 
 
 def serve_model(settings: Settings, name: str, *, restart: bool = False, runtime: Runtime | None = None) -> ServerState:
@@ -201,10 +228,14 @@ def serve_model(settings: Settings, name: str, *, restart: bool = False, runtime
         ModelError: the model has no production version.
         ServingError: the model did not become ready (what served before still serves).
     """
+    with model_lock(settings, name):
+        return _serve_model(settings, name, restart, runtime or runtime_for(settings))
+
+
+def _serve_model(settings: Settings, name: str, restart: bool, runtime: Runtime) -> ServerState:
     production = version_by_alias(settings, name, PRODUCTION)
     if production is None:
         raise ModelError(f"model {name} has no production version yet; train one with: onebox train --model {name}")
-    runtime = runtime or runtime_for(settings)
     current = runtime.current(name)
     set_retired(settings, name, retired=False)
     if not restart and current is not None and current.model_version == production.version:
@@ -245,5 +276,6 @@ def retire(settings: Settings, name: str, *, runtime: Runtime | None = None) -> 
     ``onebox serve --model NAME`` (:func:`serve_model`) brings it back at its production version.
     Returns what served it (empty when nothing did).
     """
-    set_retired(settings, name, retired=True)  # first: a stop cut short is finished by the next up
-    return (runtime or runtime_for(settings)).stop(name)
+    with model_lock(settings, name):
+        set_retired(settings, name, retired=True)  # first: a stop cut short is finished by the next up
+        return (runtime or runtime_for(settings)).stop(name)

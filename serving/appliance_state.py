@@ -187,7 +187,7 @@ def read_state(path: Path) -> ApplianceState:
 @contextmanager
 def state_lock(path: Path) -> Iterator[None]:
     """Held while a deploy, a stop or an `up` changes the state at ``path``: another process waits."""
-    with exclusive_lock(path.parent / ".lock"):
+    with exclusive_lock(path.parent / ".lock", waiting="the appliance's state"):
         yield
 
 

@@ -91,6 +91,10 @@ class ComposeRuntime:
         what the last `up` chose (None).
         """
         build_appliance_images(self.settings)
+        if worker or (worker is None and self.state().worker):
+            # Before the network is chosen: minutes of building between choosing a free subnet
+            # and creating the network on it let another appliance take the subnet meanwhile.
+            build_worker_image(self.settings)
         with state_lock(self.state_path):
             state = prepare_network(self, self.state())
             if worker is not None:
@@ -101,8 +105,6 @@ class ComposeRuntime:
                     old.remove(force=True)
             if not state.worker and self._container(WORKER) is not None:
                 self.compose("rm", "-f", "-s", WORKER, profiles=(WORKER,), check=False)
-            if state.worker:
-                build_worker_image(self.settings)
             live = tuple(m.service(m.live_color) for m in state.live_models() if m.live_color)
             self.compose("up", "-d", "--remove-orphans", profiles=live + ((WORKER,) if state.worker else ()))
             wait_healthy(self, APPLIANCE_SERVICES + live, timeout_s)

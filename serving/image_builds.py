@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +22,15 @@ from serving.docker_client import docker_client, find_image, image_exists
 from serving.metadata import ModelMetadata
 from serving.wheelhouse import ensure_wheelhouse, run_checked
 from storage.errors import ServingError
+from storage.locks import exclusive_lock
 from storage.settings import Settings
 
 BOOTSTRAP_IMAGE = "onebox/base:bookworm"
 # The worker's base adds Debian's docker-compose: the flows it runs deploy models with it.
 BOOTSTRAP_WORKER_IMAGE = "onebox/base-worker:bookworm"
 WORKER_PACKAGES = "docker-compose"
+# Where a bootstrap's lock lives: the engine's images are the host user's, whatever the onebox home.
+BOOTSTRAP_LOCKS = Path.home() / ".cache" / "onebox" / "locks"
 # The label that records a digest of what an image was built from (see build_image).
 INPUTS_LABEL = "org.onebox.inputs"
 # The files of the onebox package that serving imports; nothing that needs torch or MLflow.
@@ -74,18 +79,29 @@ def resolve_base_image(requested: str, *, bootstrap: str = BOOTSTRAP_IMAGE, extr
         return requested
     except docker.errors.APIError:
         pass  # no registry reachable: the normal case on an air-gapped server
-    if not image_exists(bootstrap):
-        print(f"{requested} cannot be pulled; bootstrapping {bootstrap} from Debian's packages")
-        run_checked([str(COMPOSE_DIR / "base" / "bootstrap.sh"), bootstrap, extra_packages])
+    if image_exists(bootstrap):
+        return bootstrap
+    # One bootstrap per base image on this host at a time: Docker's images are the host's.
+    with exclusive_lock(BOOTSTRAP_LOCKS / f"{bootstrap.replace('/', '_')}.lock", waiting=f"the {bootstrap} bootstrap"):
+        if not image_exists(bootstrap):  # the one we waited for may have built it
+            print(f"{requested} cannot be pulled; bootstrapping {bootstrap} from Debian's packages")
+            run_checked([str(COMPOSE_DIR / "base" / "bootstrap.sh"), bootstrap, extra_packages])
     return bootstrap
 
 
-def _fresh_context(settings: Settings, name: str) -> Path:
+@contextmanager
+def build_folder(settings: Settings, name: str) -> Iterator[Path]:
+    """An empty build context for image ``name``, held under its lock until the build is done.
+
+    Two builds of one image at once (two `onebox up`, two deploys of one model) take turns: one
+    emptying the folder while the other's build reads it failed with missing files.
+    """
     context = settings.home / "build" / name
-    if context.exists():
-        shutil.rmtree(context)
-    context.mkdir(parents=True)
-    return context
+    with exclusive_lock(context.with_name(f"{name}.lock"), waiting=f"the {name} image's build folder"):
+        if context.exists():
+            shutil.rmtree(context)
+        context.mkdir(parents=True)
+        yield context
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -157,16 +173,17 @@ def build_image(
 def _python_image(
     settings: Settings, name: str, group: str, base: str, extra: dict[str, Path], *, offline: bool = True
 ) -> str:
-    context = _fresh_context(settings, name)
-    shutil.copy2(COMPOSE_DIR / name / "Dockerfile", context / "Dockerfile")
-    shutil.copy2(COMPOSE_DIR / "requirements" / f"{group}.txt", context / "requirements.txt")
-    _link_tree(ensure_wheelhouse(group, settings.wheelhouse_dir), context / "wheels")
-    for relative, source in extra.items():
-        destination = context / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, destination)
+    wheels = ensure_wheelhouse(group, settings.wheelhouse_dir)
     tag = f"onebox/{name}:{settings.image_tag}"
-    build_image(context, tag, {"BASE_IMAGE": base}, offline=offline, skip_unchanged=True)
+    with build_folder(settings, name) as context:
+        shutil.copy2(COMPOSE_DIR / name / "Dockerfile", context / "Dockerfile")
+        shutil.copy2(COMPOSE_DIR / "requirements" / f"{group}.txt", context / "requirements.txt")
+        _link_tree(wheels, context / "wheels")
+        for relative, source in extra.items():
+            destination = context / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+        build_image(context, tag, {"BASE_IMAGE": base}, offline=offline, skip_unchanged=True)
     return tag
 
 
@@ -179,12 +196,12 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
         settings, "mlflow", "mlflow", base, {"mlflow-server.sh": COMPOSE_DIR / "mlflow" / "mlflow-server.sh"}
     )
     prefect = _python_image(settings, "prefect", "prefect", base, {})
-    context = _fresh_context(settings, "gateway")
-    for name in ("Dockerfile", "nginx.conf.template", "no-models.conf", "gateway.sh"):
-        shutil.copy2(COMPOSE_DIR / "gateway" / name, context / name)
     gateway = f"onebox/gateway:{settings.image_tag}"
-    # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.
-    build_image(context, gateway, {"BASE_IMAGE": base}, offline=base == BOOTSTRAP_IMAGE, skip_unchanged=True)
+    with build_folder(settings, "gateway") as context:
+        for name in ("Dockerfile", "nginx.conf.template", "no-models.conf", "gateway.sh"):
+            shutil.copy2(COMPOSE_DIR / "gateway" / name, context / name)
+        # The bootstrapped base has nginx; a stock python base fetches it from Debian while building.
+        build_image(context, gateway, {"BASE_IMAGE": base}, offline=base == BOOTSTRAP_IMAGE, skip_unchanged=True)
     from serving.labeling_image import build_labeling_image  # it builds on this module's helpers
 
     labeling = build_labeling_image(settings, runtime)
@@ -229,11 +246,11 @@ def build_model_image(settings: Settings, bundle: Path, metadata: ModelMetadata)
     runtime = f"onebox/runtime:{settings.image_tag}"
     if not image_exists(runtime):
         raise ServingError(f"the serving runtime image {runtime} is missing; run: make up")
-    context = _fresh_context(settings, f"model-{metadata.model_name}")  # models build side by side
-    shutil.copy2(COMPOSE_DIR / "model" / "Dockerfile", context / "Dockerfile")
-    shutil.copytree(bundle, context / "bundle")
     tag = model_image_tag(settings, metadata.model_name, metadata.model_version)
-    # No LABEL step: each build step is a container commit, seconds on fuse-overlayfs, and the
-    # tag already names the model and version.
-    build_image(context, tag, {"RUNTIME_IMAGE": runtime})
+    with build_folder(settings, f"model-{metadata.model_name}") as context:  # models build side by side
+        shutil.copy2(COMPOSE_DIR / "model" / "Dockerfile", context / "Dockerfile")
+        shutil.copytree(bundle, context / "bundle")
+        # No LABEL step: each build step is a container commit, seconds on fuse-overlayfs, and the
+        # tag already names the model and version.
+        build_image(context, tag, {"RUNTIME_IMAGE": runtime})
     return tag

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 
 from serving.checkout import COMPOSE_DIR, SOURCE_ROOT
-from serving.image_builds import _fresh_context, _link_tree, build_image
+from serving.image_builds import _link_tree, build_folder, build_image
 from serving.wheelhouse import ensure_wheelhouse
 from storage.settings import Settings
 
@@ -49,14 +49,15 @@ LABELING_FILES = (
 
 def build_labeling_image(settings: Settings, runtime: str) -> str:
     """The labeling service's image: the serving runtime plus sqlite-utils and the page's modules."""
-    context = _fresh_context(settings, "labeling")
-    shutil.copy2(COMPOSE_DIR / "labeling" / "Dockerfile", context / "Dockerfile")
-    _link_tree(ensure_wheelhouse("labeling", settings.wheelhouse_dir), context / "wheels")
-    shutil.copy2(COMPOSE_DIR / "requirements" / "labeling.txt", context / "requirements.txt")
-    for relative in LABELING_FILES:
-        destination = context / "app" / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SOURCE_ROOT / relative, destination)
+    wheels = ensure_wheelhouse("labeling", settings.wheelhouse_dir)
     tag = f"onebox/labeling:{settings.image_tag}"
-    build_image(context, tag, {"RUNTIME_IMAGE": runtime}, skip_unchanged=True)
+    with build_folder(settings, "labeling") as context:
+        shutil.copy2(COMPOSE_DIR / "labeling" / "Dockerfile", context / "Dockerfile")
+        _link_tree(wheels, context / "wheels")
+        shutil.copy2(COMPOSE_DIR / "requirements" / "labeling.txt", context / "requirements.txt")
+        for relative in LABELING_FILES:
+            destination = context / "app" / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(SOURCE_ROOT / relative, destination)
+        build_image(context, tag, {"RUNTIME_IMAGE": runtime}, skip_unchanged=True)
     return tag

@@ -208,7 +208,7 @@ class LocalRuntime:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         # Two commands deploying at once would each restart the server with their own set.
-        with exclusive_lock(self.lock_path):
+        with exclusive_lock(self.lock_path, waiting="the local model servers"):
             yield
 
     def _startup_failed(self, log_offset: int) -> bool:

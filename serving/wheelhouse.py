@@ -15,6 +15,7 @@ from pathlib import Path
 
 from serving.checkout import COMPOSE_DIR
 from storage.errors import ServingError
+from storage.locks import exclusive_lock
 
 # Every manylinux tag Debian bookworm's glibc 2.36 runs (pip accepts only the tags it is given).
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(5, 37)] + [
@@ -65,24 +66,32 @@ def wheel_requirements(requirements: Path) -> list[str]:
 
 
 def ensure_wheelhouse(group: str, cache: Path) -> Path:
-    """Download the wheels of compose/requirements/GROUP.txt for Linux x86-64 CPython 3.11, once."""
+    """Download the wheels of compose/requirements/GROUP.txt for Linux x86-64 CPython 3.11, once.
+
+    Under a lock per group and requirements: a second build at the same time (another `onebox
+    up`, a deploy that builds the runtime) waits and then finds the wheels there, instead of
+    downloading into the same folder and renaming it from under the first.
+    """
     requirements = COMPOSE_DIR / "requirements" / f"{group}.txt"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
     target = cache / group / digest
     if (target / ".complete").is_file():
         return target
-    staging = target.with_name(digest + ".partial")
-    staging.mkdir(parents=True, exist_ok=True)
-    wanted = staging / ".requirements.txt"
-    wanted.write_text("\n".join(wheel_requirements(requirements)) + "\n")
-    platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    run_checked([
-        *_pip(), "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
-        "--python-version", "3.11", "--implementation", "cp", *platforms,
-        "-r", str(wanted), "-d", str(staging),
-    ])  # fmt: skip
-    (staging / ".complete").touch()
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    with exclusive_lock(cache / group / f"{digest}.lock", waiting=f"the wheel cache ({group})"):
+        if (target / ".complete").is_file():  # the one we waited for filled it
+            return target
+        staging = target.with_name(digest + ".partial")  # a killed download's stays: pip skips what it has
+        staging.mkdir(parents=True, exist_ok=True)
+        wanted = staging / ".requirements.txt"
+        wanted.write_text("\n".join(wheel_requirements(requirements)) + "\n")
+        platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+        run_checked([
+            *_pip(), "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
+            "--python-version", "3.11", "--implementation", "cp", *platforms,
+            "-r", str(wanted), "-d", str(staging),
+        ])  # fmt: skip
+        (staging / ".complete").touch()
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
     return target

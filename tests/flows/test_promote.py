@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -325,6 +328,54 @@ def test_a_failed_rollback_keeps_production(registry: Settings) -> None:
 
     assert aliases(registry) == ("2", "1")
     assert runtime.events == ["deploy digits v1 while production is 2"]
+
+
+class SlowRuntime(FakeRuntime):
+    """A deploy that takes a while, as a real one does: the window two commands raced in."""
+
+    def deploy(self, bundle: Path) -> ServerState:
+        time.sleep(0.4)
+        return super().deploy(bundle)
+
+
+@pytest.mark.parametrize("second", ["serve --restart", "rollback --to 1", "retire"])
+def test_a_rollback_and_a_second_command_at_once_run_one_after_the_other(registry: Settings, second: str) -> None:
+    for version in ("1", "2", "3"):
+        move_production_alias(registry, DIGITS, version)
+    runtime = SlowRuntime(registry, serving={DIGITS: "3"})
+    commands = {
+        "serve --restart": lambda: serve_model(registry, DIGITS, restart=True, runtime=runtime),
+        "rollback --to 1": lambda: rollback(registry, DIGITS, to="1", runtime=runtime),
+        "retire": lambda: retire(registry, DIGITS, runtime=runtime),
+    }
+    errors: list[Exception] = []
+
+    def run(command: Callable[[], object]) -> None:
+        try:
+            command()
+        except ModelError as error:
+            errors.append(error)
+
+    first = threading.Thread(target=run, args=(lambda: rollback(registry, DIGITS, runtime=runtime),))
+    first.start()
+    time.sleep(0.1)  # the rollback holds the model's lock and is deploying
+    then = threading.Thread(target=run, args=(commands[second],))
+    then.start()
+    first.join()
+    then.join()
+
+    # Each command's deploy and retirement of the old color are one block, never interleaved.
+    kinds = [event.split()[0] for event in runtime.events]
+    assert kinds in (["deploy", "retire", "deploy", "retire"], ["deploy", "retire", "stop"]), runtime.events
+    production = version_by_alias(registry, DIGITS, PRODUCTION)
+    assert production is not None
+    served = runtime.current(DIGITS)
+    if second == "retire":
+        assert served is None
+    else:  # what serves is what production names
+        assert served is not None
+        assert served.model_version == production.version
+    assert errors == []
 
 
 def test_rollback_without_a_previous_version_is_a_clear_error(registry: Settings) -> None:
