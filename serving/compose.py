@@ -31,7 +31,15 @@ from serving.appliance_state import (
     write_state,
 )
 from serving.compose_cli import run_compose
-from serving.compose_health import APPLIANCE_SERVICES, WORKER, Phases, await_version, prepare_network, wait_healthy
+from serving.compose_health import (
+    APPLIANCE_SERVICES,
+    WORKER,
+    Phases,
+    await_version,
+    prepare_network,
+    start_on_free_subnet,
+    wait_healthy,
+)
 from serving.docker_client import project_container, project_network
 from serving.gateway import Gateway, container_metadata
 from serving.gateway_config import GatewayModel, check_model_name
@@ -106,7 +114,13 @@ class ComposeRuntime:
             if not state.worker and self._container(WORKER) is not None:
                 self.compose("rm", "-f", "-s", WORKER, profiles=(WORKER,), check=False)
             live = tuple(m.service(m.live_color) for m in state.live_models() if m.live_color)
-            self.compose("up", "-d", "--remove-orphans", profiles=live + ((WORKER,) if state.worker else ()))
+            profiles = live + ((WORKER,) if state.worker else ())
+            state = start_on_free_subnet(
+                self.state_path,
+                state,
+                lambda: self.compose("up", "-d", "--remove-orphans", profiles=profiles),
+                configured=self.settings.subnet,
+            )
             wait_healthy(self, APPLIANCE_SERVICES + live, timeout_s)
             for model in state.live_models():  # the gateway's own record may predate a `down -v`
                 self.gateway.switch(model.name, model.live_color)

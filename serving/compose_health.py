@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serving.appliance_network import ApplianceNetwork, choose_subnet, subnets_in_use
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 APPLIANCE_SERVICES = ("mlflow", "prefect", "gateway", "labeling", "supervisor")
 WORKER = "worker"  # the compose profile and service of the containerized Prefect worker
 GATEWAY_CONFIRM_TIMEOUT_S = 20.0
+# What Docker answers a network create whose subnet another network took (compose passes it on).
+POOL_OVERLAPS = "Pool overlaps with other one on this address space"
+SUBNET_ATTEMPTS = 3
 
 
 class Phases:
@@ -93,6 +98,44 @@ def prepare_network(runtime: ComposeRuntime, state: ApplianceState) -> Appliance
     state = replace(state, network=ApplianceNetwork.for_subnet(subnet))
     write_state(runtime.state_path, state)
     return state
+
+
+def start_on_free_subnet(
+    state_path: Path,
+    state: ApplianceState,
+    start: Callable[[], object],
+    *,
+    configured: ipaddress.IPv4Network | None,
+    attempts: int = SUBNET_ATTEMPTS,
+) -> ApplianceState:
+    """Run ``start`` (the compose `up` that creates the network on the recorded subnet); when another
+    network took that subnet since it was chosen, choose a free one, record it, and start again.
+
+    The subnet is claimed only when the network exists, and the recorded state always names the
+    subnet the next ``start`` uses (compose reads it from state.env; the colors' fixed addresses
+    follow it). Returns the state that started.
+
+    Raises:
+        ServingError: ``configured`` (ONEBOX_SUBNET) was taken, or ``attempts`` subnets were.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            start()
+            return state
+        except ServingError as error:
+            if POOL_OVERLAPS not in str(error) or state.network is None:
+                raise
+            taken = state.network.subnet
+            if configured is not None:
+                message = f"ONEBOX_SUBNET={taken} is taken by another Docker network: choose another"
+                raise ServingError(message) from None
+            if attempt == attempts:
+                raise ServingError(f"{attempts} subnets in a row were taken by other networks while starting") from None
+            subnet = choose_subnet(configured=None, recorded=None, used=subnets_in_use())
+            print(f"subnet {taken} was taken by another network meanwhile; starting on {subnet}")
+            state = replace(state, network=ApplianceNetwork.for_subnet(subnet))
+            write_state(state_path, state)
+    raise AssertionError("unreachable")
 
 
 def await_version(url: str, metadata: ModelMetadata, *, timeout_s: float = GATEWAY_CONFIRM_TIMEOUT_S) -> None:
