@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     image_tag: str = Field(default="latest", description="Tag of the appliance's own images.")
     compose_project: str = "onebox"
     bind: str = Field(default="127.0.0.1", description="Where published ports listen; see README before changing.")
+    hostnames: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9.:\[\]-]*(,[A-Za-z0-9.:\[\]-]+)*$",
+        description="Comma-separated names and addresses the box is reached by off loopback (for MLflow's Host check).",
+    )
     local_prefect_port: int = Field(
         default=4201,
         ge=1,

@@ -169,6 +169,26 @@ def test_ports_listen_on_loopback_only(appliance: Settings) -> None:
     assert listening == {"127.0.0.1"}
 
 
+def test_a_web_page_of_another_origin_cannot_drive_prefect_nor_rebind_to_mlflow(appliance: Settings) -> None:
+    prefect = f"http://127.0.0.1:{appliance.prefect_port}/api/deployments/filter"
+
+    def preflight(origin: str) -> httpx.Response:
+        headers = {"Origin": origin, "Access-Control-Request-Method": "PATCH"}
+        return httpx.options(prefect, headers=headers, timeout=10)
+
+    refused = preflight("http://evil.example")
+    assert "access-control-allow-origin" not in refused.headers  # the browser sends nothing
+    for own in (f"http://127.0.0.1:{appliance.prefect_port}", f"http://localhost:{appliance.prefect_port}"):
+        assert preflight(own).headers.get("access-control-allow-origin") == own
+
+    mlflow = f"http://127.0.0.1:{appliance.mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert httpx.get(mlflow, timeout=10).status_code == 200
+    for foreign in ("evil.example", f"evil.example:{appliance.mlflow_port}", "mlflow.attacker.test:80"):
+        answer = httpx.get(mlflow, headers={"Host": foreign}, timeout=10)  # a name rebound to 127.0.0.1
+        assert answer.status_code == 403, (foreign, answer.status_code)
+    assert httpx.get(mlflow, headers={"Host": f"localhost:{appliance.mlflow_port}"}, timeout=10).status_code == 200
+
+
 def test_the_network_has_a_free_subnet_and_the_colors_fixed_addresses(appliance: Settings) -> None:
     from serving.appliance_network import ApplianceNetwork, overlap, subnets_in_use
 
