@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -506,6 +507,39 @@ def test_two_models_trained_through_the_pipeline_serve_side_by_side(appliance: S
     assert served["squares"] == second.model_version
     index = httpx.get(f"{appliance.serve_url}/index.json").json()
     assert {"trained-digits", "squares"} <= {model["name"] for model in index["models"]}
+
+
+def test_a_rollback_and_a_serve_of_one_model_at_once_leave_the_gateway_on_its_production(
+    appliance: Settings, tmp_path: Path
+) -> None:
+    """`onebox rollback` and `onebox serve` of one model in two processes at once take turns on the
+    model's lock (before it, the gateway answered 502 until a manual redeploy), under load."""
+    from flows.pipeline import training_pipeline
+    from storage.registry import PRODUCTION, version_by_alias
+
+    again = training_pipeline(dataset="squares", epochs=1, batch_size=8, min_improvement=-1.0)
+    assert again.promoted  # squares v2 serves; its previous is v1
+    url = f"{appliance.serve_url}/models/squares"
+    onebox = [shutil.which("onebox") or str(Path(sys.executable).with_name("onebox"))]
+    commands = [[*onebox, "rollback", "--model", "squares"], [*onebox, "serve", "--model", "squares"]]
+    with SteadyLoad(url, image_shape=(3, 16, 16)) as load:
+        processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+        outputs = [process.communicate(timeout=600)[0] for process in processes]
+        load.finish(at_least=50)
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert any("waiting for model squares: another onebox command holds it (pid" in out for out in outputs), outputs
+    assert load.failures == []
+    production = version_by_alias(appliance, "squares", PRODUCTION)
+    assert production is not None
+    assert production.version != again.model_version  # the rollback happened, whichever ran first
+    assert version_at(url, (3, 16, 16)) == production.version
+    served = {s.model_name: s.model_version for s in ComposeRuntime(appliance).served()}
+    assert served["squares"] == production.version
+    runtime = ComposeRuntime(appliance)
+    model = runtime.state().known("squares")
+    assert model.live_color is not None
+    other = "green" if model.live_color == "blue" else "blue"
+    assert runtime._container(model.service(other)) is None  # retired by whichever ran last, not left running
 
 
 def test_down_and_up_restore_every_model(appliance: Settings, models: Models) -> None:
