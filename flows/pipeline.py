@@ -6,7 +6,7 @@ prepare -> build model -> train -> evaluate -> export + verify -> log -> registe
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -107,7 +107,10 @@ def _train(settings: Settings, parameters: TrainingParameters, live: live_runs.L
         decision = steps.gate(settings, name, run_id, version, data, evaluation, parameters.min_improvement)
         served_url = None
         if decision.promote and parameters.deploy:
-            served_url = steps.deploy_version(settings, name, version)
+            served_url = steps.deploy_version(settings, name, version, decision.production_version or "")
+            if served_url is None:  # production moved after the gate compared: it decided nothing
+                reason = f"kept production: it moved while v{version} was being compared (run again to compare)"
+                decision = replace(decision, promote=False, reason=reason)
         elif decision.promote:
             print(f"version {version} passed the gate; not deployed (deploy is off)")
         tracking.log_outcome(settings, run_id, metrics={"promoted": float(served_url is not None)}, tags={})

@@ -153,16 +153,37 @@ def model_lock(settings: Settings, name: str) -> Iterator[None]:
         yield
 
 
-def deploy_and_promote(settings: Settings, name: str, version: str, *, runtime: Runtime | None = None) -> str:
+class ProductionMovedError(ModelError):
+    """Production changed between the gate's comparison and the deploy: the decision is stale."""
+
+
+def deploy_and_promote(
+    settings: Settings, name: str, version: str, *, runtime: Runtime | None = None, compared_with: str | None = None
+) -> str:
     """Serve ``version`` of model ``name``, check it answers, then point its ``production`` at it.
 
     Returns the model's URL. The replaced version is retired only after the alias moved:
     production always names a version that is serving. Other models are not touched.
 
+    ``compared_with``: the production version the gate compared ``version`` with ("" for none);
+    when production is another one by the time the model's lock is held (a rollback, or another
+    run promoted meanwhile), nothing is deployed.
+
     Raises:
         ServingError: the new version did not become ready; the alias has not moved.
+        ProductionMovedError: production is no longer ``compared_with``.
     """
     with model_lock(settings, name):
+        if compared_with is not None:
+            current = version_by_alias(settings, name, PRODUCTION)
+            now = current.version if current else ""
+            if now != compared_with:
+                was = f"v{compared_with}" if compared_with else "no production version"
+                raise ProductionMovedError(
+                    f"model {name}'s production is v{now or ' none'} now, not {was} as when v{version} was compared; "
+                    f"v{version} stays registered, not deployed: compare it again with onebox train, or serve it "
+                    f"with onebox rollback --model {name} --to {version}"
+                )
         return _deploy_and_promote(settings, name, version, runtime or runtime_for(settings))
 
 

@@ -294,7 +294,12 @@ def write_report(
 
 
 @task(name="deploy-and-promote", cache_policy=NO_CACHE)
-def deploy_version(settings: Settings, name: str, version: str) -> str:
-    url = promote.deploy_and_promote(settings, name, version)
+def deploy_version(settings: Settings, name: str, version: str, compared_with: str) -> str | None:
+    """The new production's URL; None when production moved since the gate compared (said why)."""
+    try:
+        url = promote.deploy_and_promote(settings, name, version, compared_with=compared_with)
+    except promote.ProductionMovedError as error:
+        print(f"not deployed: {error}")
+        return None
     print(f"{name} version {version} serves at {url} and is now production")
     return url

@@ -11,6 +11,7 @@ import pytest
 
 from flows.evaluate import Evaluation
 from flows.promote import (
+    ProductionMovedError,
     binding_refusal,
     decide_promotion,
     deploy_and_promote,
@@ -376,6 +377,22 @@ def test_a_rollback_and_a_second_command_at_once_run_one_after_the_other(registr
         assert served is not None
         assert served.model_version == production.version
     assert errors == []
+
+
+def test_a_deploy_whose_gate_compared_with_an_older_production_deploys_nothing(registry: Settings) -> None:
+    move_production_alias(registry, DIGITS, "1")
+    move_production_alias(registry, DIGITS, "2")  # another run (or a rollback) moved it meanwhile
+    runtime = FakeRuntime(registry, serving={DIGITS: "2"})
+
+    with pytest.raises(ProductionMovedError, match=r"production is v2 now, not v1 as when v3 was compared"):
+        deploy_and_promote(registry, DIGITS, "3", runtime=runtime, compared_with="1")
+    assert runtime.events == []
+    assert aliases(registry) == ("2", "1")
+
+    assert deploy_and_promote(registry, DIGITS, "3", runtime=runtime, compared_with="2") == "http://fake/models/digits"
+    assert aliases(registry) == ("3", "2")
+    with pytest.raises(ProductionMovedError, match=r"production is v3 now, not no production version"):
+        deploy_and_promote(registry, DIGITS, "1", runtime=runtime, compared_with="")
 
 
 def test_rollback_without_a_previous_version_is_a_clear_error(registry: Settings) -> None:
