@@ -26,6 +26,7 @@ from serving.appliance_state import (
     OLD_IMAGE_KEYS,
     OLD_LIVE_COLOR_KEY,
     models_path,
+    other_color,
     read_state,
     state_path,
     write_env_file,
@@ -538,8 +539,8 @@ def test_a_rollback_and_a_serve_of_one_model_at_once_leave_the_gateway_on_its_pr
     runtime = ComposeRuntime(appliance)
     model = runtime.state().known("squares")
     assert model.live_color is not None
-    other = "green" if model.live_color == "blue" else "blue"
-    assert runtime._container(model.service(other)) is None  # retired by whichever ran last, not left running
+    # The color it replaced was retired by whichever command ran last, not left running.
+    assert runtime._container(model.service(other_color(model.live_color))) is None
 
 
 def test_down_and_up_restore_every_model(appliance: Settings, models: Models) -> None:
