@@ -9,6 +9,8 @@ import contextlib
 import functools
 import io
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +79,20 @@ def _docker_engine(request: pytest.FixtureRequest) -> None:
     if REQUIRE_DOCKER:
         pytest.fail(f"{REQUIRE_DOCKER_VARIABLE}=1 but {problem}")
     pytest.skip(problem)
+
+
+def holding_process(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A Python process running ``script``, returned once it printed "holding".
+
+    The script takes what it holds (a lock, a lease, a record), prints "holding", and keeps it
+    until its stdin closes (or it is killed).
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "holding"
+    return process
 
 
 def png_bytes(pixels: np.ndarray, *, format: str = "PNG") -> bytes:

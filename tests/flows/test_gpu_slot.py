@@ -29,6 +29,7 @@ from flows.deployments import GPU_LIMIT
 from flows.gpu_slot import LEASE_S
 from flows.prefect_server import LocalPrefectServer
 from storage.settings import Settings
+from tests.conftest import holding_process
 from tests.flows.generated import generated_dataset
 
 if TYPE_CHECKING:
@@ -322,11 +323,7 @@ def expire_a_dead_holders_lease(settings: Settings, api_url: str, *, restart: Ca
     with temporary_settings({PREFECT_API_URL: api_url}):
         ensure_gpu_limit()
     environment = {**os.environ, "PREFECT_API_URL": api_url}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_A_LEASE], env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "holding"
+    holder = holding_process(HOLD_A_LEASE, env=environment)
     assert active_slots(settings) == 1
     holder.kill()
     killed_at = time.monotonic()

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from flows import live_runs
 from storage.settings import Settings
+from tests.conftest import holding_process
 
 HOLD = (
     "import sys\n"
@@ -29,15 +29,7 @@ HOLD = (
 
 def hold_record(settings: Settings, flow_run_id: str) -> subprocess.Popen[str]:
     """A process that holds a record until its stdin closes; returned once it holds it."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(settings.home), flow_run_id],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "holding"
-    return process
+    return holding_process(HOLD, str(settings.home), flow_run_id)
 
 
 def test_a_live_training_is_seen_and_not_claimed(settings: Settings) -> None:

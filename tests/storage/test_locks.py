@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,34 +11,23 @@ from pathlib import Path
 import pytest
 
 from storage.locks import exclusive_lock, holder, lock_if_free
+from tests.conftest import holding_process
 
 HOLD = """
 import sys
 from pathlib import Path
 from storage.locks import exclusive_lock
 with exclusive_lock(Path(sys.argv[1])):
-    print("held", flush=True)
+    print("holding", flush=True)
     sys.stdin.read()
 """
-
-
-def hold_in_another_process(path: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(path), "onebox", "rollback"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "held"
-    return process
 
 
 def test_a_second_holder_says_whom_it_waits_for_and_a_sigkill_frees_the_lock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "locks" / "model-digits.lock"
-    other = hold_in_another_process(path)
+    other = holding_process(HOLD, str(path), "onebox", "rollback")
     got = threading.Event()
 
     def take() -> None:
