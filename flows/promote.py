@@ -179,8 +179,9 @@ def deploy_and_promote(
             now = current.version if current else ""
             if now != compared_with:
                 was = f"v{compared_with}" if compared_with else "no production version"
+                is_now = f"v{now}" if now else "none"
                 raise ProductionMovedError(
-                    f"model {name}'s production is v{now or ' none'} now, not {was} as when v{version} was compared; "
+                    f"model {name}'s production is {is_now} now, not {was} as when v{version} was compared; "
                     f"v{version} stays registered, not deployed: compare it again with onebox train, or serve it "
                     f"with onebox rollback --model {name} --to {version}"
                 )

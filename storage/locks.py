@@ -40,7 +40,8 @@ def exclusive_lock(path: Path, *, waiting: str = "") -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created, with its folder, when missing) while inside.
 
     ``waiting``: what the lock guards, for a line printed when another process holds it
-    ("waiting for WAITING: held by pid N: onebox rollback ..."), before waiting for it.
+    ("waiting for WAITING: another onebox command holds it (pid N: onebox rollback ...)"), before
+    waiting for it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
