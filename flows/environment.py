@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from storage.credentials import client_environment
 from storage.settings import Settings
 
 
@@ -27,6 +28,8 @@ def prepare_environment(settings: Settings) -> None:
     if settings.prefect_api_url:
         # The appliance's Prefect server records the run; the flow itself runs here, by the GPU.
         defaults["PREFECT_API_URL"] = settings.prefect_api_url
+    # The login, for MLflow's and Prefect's clients (the appliance's servers ask for it once set).
+    defaults.update(client_environment(settings.username, settings.password_value))
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
     settings.prefect_home.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -198,17 +200,27 @@ def state_lock_if_free(path: Path) -> Iterator[bool]:
         yield held
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """A crash leaves the old file or the new one, never half of one."""
+def _write_atomically(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """A crash leaves the old file or the new one, never half of one. ``mode`` from the start:
+    a secret is never readable by others, not even for a moment."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(path.suffix + ".new")
-    staging.write_text(text)
-    staging.replace(path)
+    # A staging file of its own (two writers at once do not share one), created 0600.
+    descriptor, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        os.chmod(staging, mode)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
 
 
-def write_env_file(path: Path, variables: Mapping[str, str]) -> None:
-    """Write ``variables`` as an env file, atomically."""
-    _write_atomically(path, "".join(f"{key}={value}\n" for key, value in sorted(variables.items())))
+def write_env_file(path: Path, variables: Mapping[str, str], *, private: bool = False) -> None:
+    """Write ``variables`` as an env file, atomically; ``private``: readable by its owner only
+    (it holds the credentials)."""
+    text = "".join(f"{key}={value}\n" for key, value in sorted(variables.items()))
+    _write_atomically(path, text, mode=0o600 if private else 0o644)
 
 
 def write_state(path: Path, state: ApplianceState) -> None:

@@ -98,6 +98,8 @@ class ComposeRuntime:
         ``worker``: also run the containerized worker (True), stop running it (False), or keep
         what the last `up` chose (None).
         """
+        if problem := self.settings.exposure_problem:  # before minutes of building
+            raise ServingError(problem)
         build_appliance_images(self.settings)
         if worker or (worker is None and self.state().worker):
             # Before the network is chosen: minutes of building between choosing a free subnet

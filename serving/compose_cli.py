@@ -53,7 +53,7 @@ def compose_environment(settings: Settings, state: ApplianceState) -> dict[str, 
     has already read them, and one that is not a setting must not leak into the stack.
     """
     settings_file = settings.compose_dir / SETTINGS_FILE
-    write_env_file(settings_file, settings.environment())
+    write_env_file(settings_file, settings.environment(), private=True)  # the credentials are in it
     settings.home.mkdir(parents=True, exist_ok=True)
     home = settings.home.stat()
     return {

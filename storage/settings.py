@@ -12,9 +12,10 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.credentials import MIN_API_KEY, MIN_PASSWORD, USERNAME, check_secret, exposure_problem
 from storage.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS, InputLimits
 
 
@@ -67,6 +68,20 @@ class Settings(BaseSettings):
         default="",
         pattern=r"^[A-Za-z0-9.:\[\]-]*(,[A-Za-z0-9.:\[\]-]+)*$",
         description="Comma-separated names and addresses the box is reached by off loopback (for MLflow's Host check).",
+    )
+    # Credentials (storage/credentials.py): required to publish the ports beyond loopback.
+    username: str = Field(
+        default="onebox",
+        pattern=USERNAME.pattern,
+        description="The login of MLflow, Prefect and the labeling page once a password is set.",
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="The password of that login; unset: no login (loopback only).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="What /predict through the gateway asks for (Authorization: Bearer KEY, or X-API-Key).",
     )
     local_prefect_port: int = Field(
         default=4201,
@@ -142,6 +157,50 @@ class Settings(BaseSettings):
         if subnet is not None and subnet.prefixlen > 24:
             raise ValueError(f"{subnet} is too small: give a /24 or larger (each model color takes a fixed address)")
         return subnet
+
+    @field_validator("password")
+    @classmethod
+    def _guessable_password(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if password is not None and password.get_secret_value():
+            check_secret(
+                "ONEBOX_PASSWORD",
+                password.get_secret_value(),
+                minimum=MIN_PASSWORD,
+                username=info.data.get("username", ""),
+            )
+        return password
+
+    @field_validator("api_key")
+    @classmethod
+    def _guessable_key(cls, api_key: SecretStr | None) -> SecretStr | None:
+        if api_key is not None and api_key.get_secret_value():
+            check_secret("ONEBOX_API_KEY", api_key.get_secret_value(), minimum=MIN_API_KEY)
+        return api_key
+
+    @model_validator(mode="after")
+    def _both_credentials(self) -> Settings:
+        password, api_key = self.password_value, self.api_key_value
+        if (password is None) != (api_key is None):
+            given, missing = (
+                ("ONEBOX_PASSWORD", "ONEBOX_API_KEY") if api_key is None else ("ONEBOX_API_KEY", "ONEBOX_PASSWORD")
+            )
+            raise ValueError(f"{given} is set but {missing} is not: set both (or neither, on loopback)")
+        if api_key is not None and api_key == password:
+            raise ValueError("ONEBOX_API_KEY must differ from ONEBOX_PASSWORD")
+        return self
+
+    @property
+    def password_value(self) -> str | None:
+        return self.password.get_secret_value() or None if self.password is not None else None
+
+    @property
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() or None if self.api_key is not None else None
+
+    @property
+    def exposure_problem(self) -> str | None:
+        """Why the appliance may not publish its ports on ``bind``; None when it may."""
+        return exposure_problem(self.bind, password=self.password_value, api_key=self.api_key_value)
 
     @field_validator("home")
     @classmethod
@@ -223,6 +282,8 @@ class Settings(BaseSettings):
     def environment(self) -> dict[str, str]:
         """Every setting that has a value, under its environment variable, as Settings() reads it back."""
         values = self.model_dump(mode="json")
+        # Secrets dump as asterisks; the services need their values.
+        values.update(password=self.password_value, api_key=self.api_key_value)
         return {
             env_name(field): value if isinstance(value, str) else json.dumps(value)
             for field, value in values.items()

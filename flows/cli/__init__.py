@@ -30,6 +30,9 @@ for commands in (training.app, models.app, monitoring.app, appliance.app, labeli
     app.add_typer(commands)  # no name: their commands are onebox's own
 
 
+SECRET_SETTINGS = ("password", "api_key")
+
+
 def main() -> None:
     """Entry point: runs the app and turns onebox's own errors into one clear line."""
     try:
@@ -41,11 +44,12 @@ def main() -> None:
         if error.title != "Settings":
             raise
         for problem in error.errors():
-            name = "ONEBOX_" + "_".join(map(str, problem["loc"])).upper()
-            errors.print(
-                f"[bold red]error:[/] {name}={problem.get('input')!s}: {problem['msg'].removeprefix('Value error, ')}",
-                highlight=False,
-            )
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["loc"] and problem["loc"][0] not in SECRET_SETTINGS:
+                name = "ONEBOX_" + "_".join(map(str, problem["loc"])).upper()
+                message = f"{name}={problem.get('input')!s}: {message}"
+            # A secret's value (and the whole input, which a check of two settings is given) is never printed.
+            errors.print(f"[bold red]error:[/] {message}", highlight=False)
         raise SystemExit(2) from None
     except Exception as error:
         # MLflow's errors (a tracking server that does not answer, above all) in one line too. Not
