@@ -22,6 +22,7 @@
 set -eu
 template=/etc/onebox/nginx.conf.template
 conf=/tmp/onebox/nginx.conf
+auth_conf=/tmp/onebox/auth.conf
 listen="${ONEBOX_GATEWAY_LISTEN:-127.0.0.1:3000}"
 # The model servers' body limit (storage/limits.py): a whole number of bytes, else the default.
 max_body="${ONEBOX_MAX_BODY_BYTES:-26214400}"
@@ -99,6 +100,88 @@ listen_directive() {
   esac
 }
 
+# Whether the listen address is reachable from this machine only.
+on_loopback() {
+  case "${listen%:*}" in
+    127.*|localhost|::1|"[::1]") return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# A case-sensitive nginx regex matching exactly $1 (map's plain strings ignore case; the secrets'
+# characters are letters, digits and ._~+/=@%!*,- of which '.', '+' and '*' mean something).
+exactly() {
+  printf '"~^%s$"' "$(printf '%s' "$1" | sed 's/[.+*]/[&]/g')"
+}
+
+# /tmp/onebox/auth.conf (nginx.conf.template includes it): with ONEBOX_PASSWORD and ONEBOX_API_KEY
+# set, every route but the open ones needs the key (Authorization: Bearer KEY or X-API-Key: KEY)
+# or the login (basic auth, which a browser asks for); without them, nothing is asked, and the
+# gateway refuses to listen beyond loopback.
+write_auth() {
+  user="${ONEBOX_USERNAME:-onebox}"
+  password="${ONEBOX_PASSWORD:-}"
+  key="${ONEBOX_API_KEY:-}"
+  umask 077
+  if [ -z "$password" ] && [ -z "$key" ]; then
+    if ! on_loopback; then
+      echo "refusing to start: ONEBOX_BIND publishes the gateway on ${listen%:*}, beyond this machine, but ONEBOX_PASSWORD and ONEBOX_API_KEY are not set (README: Exposing the ports)" >&2
+      exit 2
+    fi
+    printf '%s\n' 'map $uri $onebox_deny { default 0; }' 'map $uri $onebox_challenge { default ""; }' > "$auth_conf"
+    return
+  fi
+  if [ -z "$password" ] || [ -z "$key" ]; then
+    echo "refusing to start: set both ONEBOX_PASSWORD and ONEBOX_API_KEY (or neither, on loopback)" >&2
+    exit 2
+  fi
+  for secret in "$user" "$password" "$key"; do
+    case "$secret" in
+      *[!A-Za-z0-9._~+/=@%!*,-]*)
+        echo "refusing to start: ONEBOX_USERNAME, ONEBOX_PASSWORD and ONEBOX_API_KEY may hold letters, digits and ._~+/=@%!*,- only" >&2
+        exit 2 ;;
+    esac
+  done
+  basic="$(printf '%s:%s' "$user" "$password" | base64 -w 0)"
+  cat > "$auth_conf" <<CONF
+# Written by onebox-gateway at start; the secrets are the container's environment.
+map \$uri \$onebox_open {
+    default 0;
+    "~^/gateway/" 1;
+    / 1;
+    /index.json 1;
+    "~^(/models/[^/]+)?/(healthz|readyz|livez)\$" 1;
+    "~^/label(/|\$)" 1;
+}
+# An open route as the client sent it: no '%' and no segment starting with '.', which nginx
+# decodes and resolves before routing while the model servers get the path as sent.
+map \$request_uri \$onebox_plain {
+    default 1;
+    "~^[^?]*%" 0;
+    "~^[^?]*/[.]" 0;
+}
+map \$http_authorization \$onebox_authorization_ok {
+    default 0;
+    $(exactly "Bearer $key") 1;
+    $(exactly "Basic $basic") 1;
+}
+map \$http_x_api_key \$onebox_key_ok {
+    default 0;
+    $(exactly "$key") 1;
+}
+map \$onebox_open\$onebox_plain\$onebox_authorization_ok\$onebox_key_ok \$onebox_deny {
+    default 0;
+    0000 1;
+    0100 1;
+    1000 1;
+}
+map \$onebox_deny \$onebox_challenge {
+    default "";
+    1 'Basic realm="onebox", charset="UTF-8"';
+}
+CONF
+}
+
 apply() {
   for name in $NGINX_FILES $SITE_FILES models default; do
     [ -f "/state/incoming/$name" ] || { echo "apply: /state/incoming/$name is missing" >&2; exit 1; }
@@ -144,6 +227,8 @@ apply() {
 case "${1:-run}" in
   run)
     mkdir -p /tmp/onebox/body /tmp/onebox/proxy /state/nginx "$NAMES" /state/site /state/incoming
+    write_auth
+    unset ONEBOX_PASSWORD ONEBOX_API_KEY
     sed -e "s|@LISTEN@|$(listen_directive)|" -e "s|@MAX_BODY@|$max_body|g" "$template" > "$conf"
     [ -f /state/nginx/routes.conf ] || cp /etc/onebox/no-models.conf /state/nginx/routes.conf
     [ -f /state/nginx/upstreams.conf ] || : > /state/nginx/upstreams.conf

@@ -1,0 +1,174 @@
+"""The gateway's credentials, in the real nginx of the gateway image with this checkout's gateway.sh
+and configuration: with ONEBOX_PASSWORD and ONEBOX_API_KEY set, a model's routes need the key (or
+the login) and answer a JSON 401 that a browser turns into a login prompt; health, the index and
+the error pages stay open. Without credentials, the gateway refuses to listen beyond loopback.
+
+A model color is a small HTTP server on a loopback address of the network 127.78.0.0/24 (the
+fixed color addresses all reach this machine's loopback), as in test_gateway_routing.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from serving.appliance_network import ApplianceNetwork
+from serving.appliance_state import ServedModel
+from serving.gateway import Gateway
+from serving.gateway_config import MODEL_PORT, GatewayModel
+from storage.credentials import basic_authorization
+from tests.serving.gateway_container import GATEWAY_IMAGE, gateway_container
+
+pytestmark = pytest.mark.docker
+
+NETWORK = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("127.78.0.0/24"))
+USERNAME = "researcher"
+# Random, with the characters a regular expression would misread ('.', '+', '*'), so a key that
+# differs from the configured one only where such a character stands is refused too.
+PASSWORD = f"p.a+s*{secrets.token_urlsafe(12)}"
+API_KEY = f"k.e+y*{secrets.token_urlsafe(24)}"
+
+
+class ColorServer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def gateway_url() -> Iterator[str]:
+    model = ServedModel("digits", 0)
+    servers = []
+    for address in NETWORK.addresses(model.slot):
+        server = ThreadingHTTPServer((str(address), MODEL_PORT), ColorServer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    credentials = {"ONEBOX_USERNAME": USERNAME, "ONEBOX_PASSWORD": PASSWORD, "ONEBOX_API_KEY": API_KEY}
+    try:
+        with gateway_container(credentials) as (container, url):
+            gateway = Gateway("unused", url)
+            gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
+            gateway.switch("digits", "blue")
+            assert gateway.publish([GatewayModel(model, None)], network=NETWORK, default="digits")
+            # Its environment, which `docker inspect` shows, is the container's; nginx's is not.
+            code, output = container.exec_run(["sh", "-c", "cat /proc/$(cat /tmp/onebox/nginx.pid)/environ"])
+            assert code == 0, output
+            assert PASSWORD.encode() not in output
+            assert API_KEY.encode() not in output
+            yield url
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+PROTECTED = ("/models/digits/predict", "/predict", "/models/digits/docs", "/docs.json", "/models/digits/metadata")
+
+
+def test_a_model_route_without_credentials_is_a_json_401_with_a_login_prompt(gateway_url: str) -> None:
+    for path in PROTECTED:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-key"},
+            {"Authorization": f"Bearer {API_KEY.upper()}"},  # the key is case-sensitive
+            {"Authorization": f"Bearer {API_KEY.replace('.', 'x')}"},  # '.' is not "any character"
+            {"Authorization": f"Bearer {API_KEY}x"},
+            {"Authorization": f"Basic {API_KEY}"},
+            {"Authorization": basic_authorization(USERNAME, PASSWORD + "x")},
+            {"Authorization": basic_authorization("onebox", PASSWORD)},
+            {"X-API-Key": PASSWORD},
+            {"X-API-Key": API_KEY[:-1]},
+        ):
+            answer = httpx.post(f"{gateway_url}{path}", content=b"x", headers=headers)
+            assert answer.status_code == 401, (path, headers)
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.json()["error"].startswith("this route needs credentials"), path
+            assert answer.headers["www-authenticate"] == 'Basic realm="onebox", charset="UTF-8"'
+
+
+def test_the_key_or_the_login_opens_every_model_route(gateway_url: str) -> None:
+    for headers in (
+        {"Authorization": f"Bearer {API_KEY}"},
+        {"X-API-Key": API_KEY},
+        {"Authorization": basic_authorization(USERNAME, PASSWORD)},  # what a browser sends after the prompt
+    ):
+        for path in PROTECTED:
+            answer = httpx.post(f"{gateway_url}{path}", content=b"x", headers=headers)
+            assert answer.status_code == 200, (path, headers, answer.text)
+            assert answer.json() == {"path": path}
+            assert "www-authenticate" not in answer.headers
+
+
+def test_health_the_index_and_the_errors_stay_open(gateway_url: str) -> None:
+    assert httpx.get(f"{gateway_url}/gateway/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gateway_url}/").status_code == 200
+    assert httpx.get(f"{gateway_url}/index.json").json()["default"] == "digits"
+    for path in ("/healthz", "/readyz", "/livez", "/models/digits/healthz", "/models/digits/readyz"):
+        answer = httpx.get(f"{gateway_url}{path}")
+        assert answer.status_code == 200, path
+        assert answer.json() == {"path": path}
+        assert "www-authenticate" not in answer.headers
+    # An unknown model's 404 and nginx's own errors need no key either, and stay JSON.
+    assert httpx.get(f"{gateway_url}/models/dogs/healthz").status_code == 404
+    assert httpx.get(f"{gateway_url}/models/x%00y").status_code == 400
+    # A path that is open only once nginx decoded and resolved it is not: the model server gets
+    # the path as sent.
+    for path in (
+        "/models/digits/predict%2F..%2Fhealthz",
+        "/models/digits/%68ealthz",
+        "/models/digits/predict%2F%2E%2E%2Fhealthz",
+    ):
+        assert httpx.get(f"{gateway_url}{path}").status_code == 401, path
+    assert httpx.get(f"{gateway_url}/models/digits/healthz?full=1").status_code == 200
+
+
+def _refusal(environment: dict[str, str]) -> str:
+    """The gateway started with ``environment``; its output once it exited (it must)."""
+    from serving.docker_client import docker_client, image_exists
+
+    if not image_exists(GATEWAY_IMAGE):
+        pytest.skip(f"{GATEWAY_IMAGE} is not built (make up builds it)")
+    container = docker_client().containers.run(GATEWAY_IMAGE, detach=True, network_mode="host", environment=environment)
+    try:
+        assert container.wait(timeout=30)["StatusCode"] == 2
+        return container.logs().decode()
+    finally:
+        container.remove(force=True)
+
+
+def test_the_gateway_refuses_to_listen_beyond_loopback_without_credentials() -> None:
+    logs = _refusal({"ONEBOX_GATEWAY_LISTEN": "0.0.0.0:3999"})
+    assert "refusing to start: ONEBOX_BIND publishes the gateway on 0.0.0.0" in logs
+    assert "ONEBOX_PASSWORD and ONEBOX_API_KEY are not set" in logs
+    half = _refusal({"ONEBOX_GATEWAY_LISTEN": "127.0.0.1:3999", "ONEBOX_API_KEY": API_KEY})
+    assert "set both ONEBOX_PASSWORD and ONEBOX_API_KEY" in half
+    quoted = _refusal({"ONEBOX_GATEWAY_LISTEN": "127.0.0.1:3999", "ONEBOX_PASSWORD": 'x";}', "ONEBOX_API_KEY": API_KEY})
+    assert "may hold letters, digits and ._~+/=@%!*,- only" in quoted
+
+
+def test_the_login_is_plain_basic_auth() -> None:
+    # What a browser or curl -u sends: checked against the standard form, not onebox's own helper.
+    assert (
+        basic_authorization(USERNAME, PASSWORD)
+        == "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    )
