@@ -8,8 +8,10 @@ became of it.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
+from storage.credentials import client_environment
 from storage.inbox_merge import MergeResult
 from storage.settings import Settings, get_settings
 
@@ -36,6 +38,11 @@ def serve_labeling(settings: Settings, *, host: str) -> None:
 
 def main() -> None:
     settings = get_settings()
+    if problem := settings.exposure_problem:
+        raise SystemExit(f"refusing to start: {problem}")
+    # The login, for the MLflow and Prefect clients the page uses (the host's commands set it the same way).
+    for name, value in client_environment(settings.username, settings.password_value).items():
+        os.environ.setdefault(name, value)
     serve_labeling(settings, host=settings.bind)
 
 

@@ -149,7 +149,8 @@ def labeling_location(address: str) -> str:
         "location ^~ /label/ {\n"
         "    proxy_http_version 1.1;\n"
         '    proxy_set_header Connection "";\n'
-        "    proxy_set_header Host $host;\n"
+        # With its port: the page compares it with a change's Origin (serving/labeling.py).
+        "    proxy_set_header Host $http_host;\n"
         "    proxy_read_timeout 300s;\n"  # a merge of a large dataset takes a while
         "    proxy_intercept_errors off;\n"
         "    error_page 502 504 = @labeling_down;\n"

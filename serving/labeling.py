@@ -14,17 +14,20 @@ starts a retrain) is the caller's: :func:`create_labeling_app` takes it as ``ann
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from storage.credentials import basic_authorization
 from storage.errors import DatasetError, LabelError, ModelError
 from storage.inbox import inbox_items, model_inbox
 from storage.inbox_merge import LabelingTarget, MergeResult, labeling_models, labeling_target, merge_inbox
@@ -41,6 +44,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+LOGIN_CHALLENGE = 'Basic realm="onebox", charset="UTF-8"'
 Announce = Callable[[MergeResult], str]  # after a merge: what became of the retrain, in a sentence
 Labeler = Annotated[str, Body(max_length=64)]
 
@@ -96,6 +100,41 @@ def _who(by: str) -> str:
     return by.strip() or "labeling page"
 
 
+def _guard(app: FastAPI, settings: Settings) -> None:
+    """With a password set, every route but the health check asks for the appliance login (HTTP
+    basic auth: the browser asks once). A change (POST) from a page of another origin is refused
+    either way: a browser sends a cached login along with a cross-site form."""
+    password = settings.password_value
+    expected = basic_authorization(settings.username, password).encode() if password else None
+
+    @app.middleware("http")
+    async def _login_and_origin(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path != f"{PREFIX}/healthz" and expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse(
+                    {"error": "the labeling page needs the appliance login (ONEBOX_USERNAME and ONEBOX_PASSWORD)"},
+                    status_code=401,
+                    headers={**SECURITY_HEADERS, "WWW-Authenticate": LOGIN_CHALLENGE},
+                )
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request):
+            return JSONResponse(
+                {"error": "a change from a page of another site is refused: use the labeling page itself"},
+                status_code=403,
+                headers=SECURITY_HEADERS,
+            )
+        return await call_next(request)
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a request's Origin (when it has one: browsers send it with every POST) is the
+    host it was sent to."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not a browser's cross-site request (programs, tests)
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
 def create_labeling_app(settings: Settings, *, announce: Announce) -> FastAPI:
     """The labeling app of every model in production in ``settings``' home."""
     app = FastAPI(title="onebox labeling", docs_url=None, redoc_url=None, openapi_url=None)
@@ -115,6 +154,8 @@ def create_labeling_app(settings: Settings, *, announce: Announce) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=SECURITY_HEADERS)
+
+    _guard(app, settings)
 
     @app.get(f"{PREFIX}/healthz")
     def healthz() -> JSONResponse:

@@ -30,6 +30,7 @@ LABELING_FILES = (
     "serving/labeling_page/labeling.html",
     "serving/labeling_page/labeling.js",
     "storage/__init__.py",
+    "storage/credentials.py",
     "storage/dataset_import.py",
     "storage/datasets.py",
     "storage/errors.py",

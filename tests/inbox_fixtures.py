@@ -120,9 +120,11 @@ def labeling_home(tmp_path: Path, production_store: str) -> LabelingHome:
 
 
 @contextlib.contextmanager
-def labeling_server(settings: Settings, *, prefect_api_url: str | None = None) -> Iterator[str]:
-    """``python -m flows.labeling_server`` on the home of ``settings``, as the appliance runs it;
-    yields its URL once ``/label/healthz`` answers."""
+def labeling_server(
+    settings: Settings, *, prefect_api_url: str | None = None, variables: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``python -m flows.labeling_server`` on the home of ``settings``, as the appliance runs it,
+    with ``variables`` in its environment; yields its URL once ``/label/healthz`` answers."""
     import httpx
 
     from serving.waiting import NotYet, wait_for
@@ -137,6 +139,7 @@ def labeling_server(settings: Settings, *, prefect_api_url: str | None = None) -
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
         # No Prefect server unless the test gives one: a port nothing listens on.
         "PREFECT_API_URL": prefect_api_url or f"http://127.0.0.1:{free_port()}/api",
+        **(variables or {}),
     }
     server = subprocess.Popen([sys.executable, "-m", "flows.labeling_server"], env=environment)
     url = f"http://127.0.0.1:{settings.label_port}"

@@ -10,7 +10,7 @@ from flows.cli.shared import console, settings
 
 app = typer.Typer()
 
-HOST = "127.0.0.1"  # loopback only: the page changes data and asks nobody for a password
+HOST = "127.0.0.1"  # loopback only: the page changes data (it asks for the login once ONEBOX_PASSWORD is set)
 
 
 @app.command("label")

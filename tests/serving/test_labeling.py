@@ -184,3 +184,11 @@ def test_create_dataset_version_with_no_prefect_says_the_retrain_was_not_started
     assert after["parent"] == f"digits:{body['version']}"
     nothing = httpx.post(served.page("merge"), json={"by": "ann"})
     assert one_line_error(nothing, 409).startswith("nothing is labeled in the inbox of model digits")
+
+
+def test_a_change_from_another_site_is_refused(served: Served) -> None:
+    # A page open in the same browser could otherwise label or merge through a form it posts here.
+    before = httpx.get(served.page("state")).json()
+    answer = httpx.post(served.page("undo"), json={"by": "x"}, headers={"Origin": "http://evil.example"})
+    assert one_line_error(answer, 403).startswith("a change from a page of another site is refused")
+    assert httpx.get(served.page("state")).json() == before
