@@ -52,6 +52,7 @@ SERVING_FILES = (
     "serving/uploads.py",
     "serving/waiting.py",
     "storage/__init__.py",
+    "storage/credentials.py",
     "storage/errors.py",
     "storage/images.py",
     "storage/limits.py",
@@ -192,10 +193,10 @@ def build_appliance_images(settings: Settings) -> ApplianceImages:
     base = resolve_base_image(settings.base_image)
     serving_files = {f"app/{relative}": SOURCE_ROOT / relative for relative in SERVING_FILES}
     runtime = _python_image(settings, "runtime", "serving", base, serving_files)
-    mlflow = _python_image(
-        settings, "mlflow", "mlflow", base, {"mlflow-server.sh": COMPOSE_DIR / "mlflow" / "mlflow-server.sh"}
-    )
-    prefect = _python_image(settings, "prefect", "prefect", base, {})
+    mlflow_files = {name: COMPOSE_DIR / "mlflow" / name for name in ("mlflow-server.sh", "mlflow-admin-password")}
+    mlflow = _python_image(settings, "mlflow", "mlflow", base, mlflow_files)
+    prefect_files = {"prefect-server.sh": COMPOSE_DIR / "prefect" / "prefect-server.sh"}
+    prefect = _python_image(settings, "prefect", "prefect", base, prefect_files)
     gateway = f"onebox/gateway:{settings.image_tag}"
     with build_folder(settings, "gateway") as context:
         for name in ("Dockerfile", "nginx.conf.template", "no-models.conf", "gateway.sh"):

@@ -161,20 +161,18 @@ class Settings(BaseSettings):
     @field_validator("password")
     @classmethod
     def _guessable_password(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if password is not None and password.get_secret_value():
-            check_secret(
-                "ONEBOX_PASSWORD",
-                password.get_secret_value(),
-                minimum=MIN_PASSWORD,
-                username=info.data.get("username", ""),
-            )
+        if password is None or not password.get_secret_value():
+            return None  # empty is unset (the env file onebox writes says ONEBOX_PASSWORD= for none)
+        username = info.data.get("username", "")
+        check_secret("ONEBOX_PASSWORD", password.get_secret_value(), minimum=MIN_PASSWORD, username=username)
         return password
 
     @field_validator("api_key")
     @classmethod
     def _guessable_key(cls, api_key: SecretStr | None) -> SecretStr | None:
-        if api_key is not None and api_key.get_secret_value():
-            check_secret("ONEBOX_API_KEY", api_key.get_secret_value(), minimum=MIN_API_KEY)
+        if api_key is None or not api_key.get_secret_value():
+            return None
+        check_secret("ONEBOX_API_KEY", api_key.get_secret_value(), minimum=MIN_API_KEY)
         return api_key
 
     @model_validator(mode="after")
@@ -191,11 +189,11 @@ class Settings(BaseSettings):
 
     @property
     def password_value(self) -> str | None:
-        return self.password.get_secret_value() or None if self.password is not None else None
+        return self.password.get_secret_value() if self.password is not None else None
 
     @property
     def api_key_value(self) -> str | None:
-        return self.api_key.get_secret_value() or None if self.api_key is not None else None
+        return self.api_key.get_secret_value() if self.api_key is not None else None
 
     @property
     def exposure_problem(self) -> str | None:
@@ -282,8 +280,9 @@ class Settings(BaseSettings):
     def environment(self) -> dict[str, str]:
         """Every setting that has a value, under its environment variable, as Settings() reads it back."""
         values = self.model_dump(mode="json")
-        # Secrets dump as asterisks; the services need their values.
-        values.update(password=self.password_value, api_key=self.api_key_value)
+        # Secrets dump as asterisks; the services need their values ("" for none: compose
+        # interpolates them, and an empty one reads back as unset).
+        values.update(password=self.password_value or "", api_key=self.api_key_value or "")
         return {
             env_name(field): value if isinstance(value, str) else json.dumps(value)
             for field, value in values.items()
