@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flows.perturbations import DriftKind, perturb
+from storage.credentials import api_key_headers
 from storage.errors import ModelError, ServingError
 from storage.settings import Settings
 
@@ -136,10 +137,12 @@ def send_traffic(
     count: int,
     rng: np.random.Generator,
     progress: Callable[[int], None] | None = None,
+    api_key: str | None = None,
 ) -> TrafficSummary:
     """POST ``count`` held-out images (drawn with replacement, changed by ``drift``) to the model's /predict.
 
-    A failed request is counted and the traffic goes on: a model that dies mid-way shows up as
+    ``api_key``: what the gateway asks for once credentials are set. A failed request is counted
+    and the traffic goes on: a model that dies mid-way shows up as
     failures in the summary, not as an exception.
 
     Raises:
@@ -151,7 +154,7 @@ def send_traffic(
         raise ValueError(f"count must be 1 to {MAX_COUNT}, not {count}")
     summary = TrafficSummary(model=state.model_name, version=state.model_version, drift=drift)
     chosen = rng.integers(0, len(held_out.labels), size=count)
-    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S, headers=api_key_headers(api_key)) as client:
         for start in range(0, count, 64):  # perturbed in batches, sent one at a time
             picked = chosen[start : start + 64]
             batch = perturb(held_out.images[picked], drift, rng)

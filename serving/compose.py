@@ -227,7 +227,7 @@ class ComposeRuntime:
                 self.gateway.switch(name, idle)
                 write_state(self.state_path, state.with_model(replace(trial, live_color=idle)))
                 self.last_deploy_reloaded_gateway = self._publish()
-                await_version(f"{self.settings.serve_url}/models/{name}", metadata)
+                await_version(f"{self.settings.serve_url}/models/{name}", metadata, api_key=self.settings.api_key_value)
             except ServingError as error:
                 self._go_back(state, model, service)
                 raise ServingError(f"model {name} v{metadata.model_version} was not switched to: {error}") from error

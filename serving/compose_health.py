@@ -138,13 +138,17 @@ def start_on_free_subnet(
     raise AssertionError("unreachable")
 
 
-def await_version(url: str, metadata: ModelMetadata, *, timeout_s: float = GATEWAY_CONFIRM_TIMEOUT_S) -> None:
+def await_version(
+    url: str, metadata: ModelMetadata, *, api_key: str | None = None, timeout_s: float = GATEWAY_CONFIRM_TIMEOUT_S
+) -> None:
     """Wait until predictions through ``url`` (the gateway's /models/NAME) come from ``metadata``'s
     version. The switch is immediate; this proves the path through the gateway end to end."""
 
     def answers_new_version() -> None:
         try:
-            smoke_predict(url, expected_version=metadata.model_version, image_shape=metadata.image_shape)
+            smoke_predict(
+                url, expected_version=metadata.model_version, image_shape=metadata.image_shape, api_key=api_key
+            )
         except ServingError as error:
             raise NotYet(str(error)) from None
 

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from serving.waiting import NotYet, wait_for
+from storage.credentials import api_key_headers
 from storage.errors import ServingError
 
 # What BentoML's log says when a worker's model fails to load. Its supervisor then restarts the
@@ -60,15 +61,18 @@ def blank_png(image_shape: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def smoke_predict(url: str, *, expected_version: str, image_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """One real prediction through ``url``; it must come from ``expected_version``.
+def smoke_predict(
+    url: str, *, expected_version: str, image_shape: tuple[int, int, int], api_key: str | None = None
+) -> dict[str, Any]:
+    """One real prediction through ``url``; it must come from ``expected_version``. ``api_key``:
+    what the gateway asks for once credentials are set.
 
     Raises:
         ServingError: the answer is not a valid prediction from that version.
     """
     files = {"image": ("smoke.png", blank_png(image_shape), "image/png")}
     try:
-        answer = httpx.post(f"{url}/predict", files=files, timeout=10.0)
+        answer = httpx.post(f"{url}/predict", files=files, headers=api_key_headers(api_key), timeout=10.0)
     except httpx.TransportError as error:
         raise ServingError(f"smoke prediction through {url} failed: {error}") from error
     if answer.status_code != 200:

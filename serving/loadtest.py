@@ -15,6 +15,7 @@ import httpx
 
 from serving.health import blank_png
 from serving.waiting import NotYet, WaitTimeout, wait_for
+from storage.credentials import api_key_headers
 
 
 @dataclass
@@ -26,6 +27,7 @@ class SteadyLoad:
     rate_per_client: float = 40.0
     clients: int = 3
     max_seconds: float = 600.0  # a hard bound, whatever the caller does
+    api_key: str | None = None  # what the gateway asks for once credentials are set
     answers: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -34,7 +36,7 @@ class SteadyLoad:
     def _client(self) -> None:
         image = blank_png(self.image_shape)
         started = time.monotonic()
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=api_key_headers(self.api_key)) as client:
             next_at = time.monotonic()
             while not self.stop.is_set() and time.monotonic() - started < self.max_seconds:
                 try:

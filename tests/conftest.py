@@ -9,6 +9,7 @@ import contextlib
 import functools
 import io
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.servers import free_port, isolated_appliance_environment
+from storage.credentials import client_environment
 from storage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -102,17 +104,19 @@ def png_bytes(pixels: np.ndarray, *, format: str = "PNG") -> bytes:
 
 
 @contextlib.contextmanager
-def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def isolated_appliance(tmp_path_factory: pytest.TempPathFactory, *, credentials: bool = False) -> Iterator[Settings]:
     """An environment for one appliance of its own: home, compose project and ports.
 
     The caller brings the stack up (``ComposeRuntime.up`` or ``onebox up``); leaving the block
     takes it down with its volumes and model images. Prefect calls in this process go to the
-    stack's Prefect server meanwhile.
+    stack's Prefect server meanwhile. ``credentials``: a random login and API key are set (the
+    appliance asks for them, on loopback too), and this process's MLflow and Prefect clients
+    send the login, as onebox's commands do.
     """
     from prefect.concurrency.services import ConcurrencySlotAcquisitionService
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from serving.compose import ComposeRuntime
     from serving.image_builds import remove_model_images
@@ -121,17 +125,25 @@ def isolated_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
         pytest.skip("needs Docker")  # the autouse fixture turns this into a failure in CI
     patch = pytest.MonkeyPatch()
     environment = isolated_appliance_environment("test", tmp_path_factory.mktemp("appliance-home"))
+    if credentials:
+        environment |= {"ONEBOX_PASSWORD": secrets.token_urlsafe(18), "ONEBOX_API_KEY": secrets.token_urlsafe(24)}
     for name, value in {**environment, "ONEBOX_DRAIN_S": "3"}.items():
         patch.setenv(name, value)
     get_settings.cache_clear()
     settings = get_settings()
+    login = client_environment(settings.username, settings.password_value)
+    for name, value in login.items():
+        patch.setenv(name, value)  # MLflow's client reads them per request
+    prefect = {PREFECT_API_URL: settings.prefect_api_url}
+    if login:
+        prefect[PREFECT_API_AUTH_STRING] = login["PREFECT_API_AUTH_STRING"]
     try:
         assert settings.prefect_api_url
         # Prefect's slot-acquisition service keeps the client of the server it first talked to:
         # restarted here and on the way out, a flow run's `gpu` slot is taken and released on the
         # same server.
         ConcurrencySlotAcquisitionService.drain_all(timeout=10)
-        with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+        with temporary_settings(prefect):
             yield settings
             # Send the flow runs' last logs and events while the stack's Prefect server still
             # answers; left queued, they stall the test harness's shutdown later.

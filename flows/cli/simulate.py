@@ -51,7 +51,13 @@ def simulate(
             console.print(f"  {sent}/{count} sent", highlight=False)
 
     summary = send_traffic(
-        state, held_out, drift=cast(DriftKind, drift), count=count, rng=np.random.default_rng(seed), progress=progress
+        state,
+        held_out,
+        drift=cast(DriftKind, drift),
+        count=count,
+        rng=np.random.default_rng(seed),
+        progress=progress,
+        api_key=current.api_key_value,
     )
     console.print(summary.line(), highlight=False)
     if summary.answered == 0:
