@@ -65,6 +65,8 @@ def test_with_credentials_every_door_asks_for_them(appliance: Settings) -> None:
     assert password
     assert api_key
     login = httpx.BasicAuth(appliance.username, password)
+    production = version_by_alias(appliance, "digits", PRODUCTION)  # MLflow's client, with the login
+    assert production is not None
     # MLflow's basic-auth app, its health check open.
     mlflow = appliance.mlflow_tracking_uri
     search = f"{mlflow}/api/2.0/mlflow/registered-models/search"
@@ -85,7 +87,7 @@ def test_with_credentials_every_door_asks_for_them(appliance: Settings) -> None:
     assert refused.status_code == 401
     assert refused.headers["www-authenticate"].startswith("Basic")
     for headers in ({"Authorization": f"Bearer {api_key}"}, {"X-API-Key": api_key}):
-        assert httpx.post(predict, files=image, headers=headers).json()["model_name"] == "digits"
+        assert httpx.post(predict, files=image, headers=headers).json()["model_version"] == production.version
     assert httpx.post(predict, files=image, auth=login).status_code == 200
     assert httpx.get(f"{appliance.serve_url}/gateway/healthz").status_code == 200
     assert "digits" in httpx.get(f"{appliance.serve_url}/").text
