@@ -3,8 +3,10 @@ nginx template mounted over the image's: the tests of its nginx need no applianc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,27 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
 GATEWAY_IMAGE = "onebox/gateway:latest"
+
+
+class ColorServer(BaseHTTPRequestHandler):
+    """Answers any request with which model color it is and the path it got."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "color"
+
+    def do_GET(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"color": self.server.color, "path": self.path}).encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 @contextmanager

@@ -10,12 +10,11 @@ The models' colors are small HTTP servers on loopback addresses: the appliance's
 from __future__ import annotations
 
 import ipaddress
-import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -24,32 +23,11 @@ from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import Color, ServedModel
 from serving.gateway import Gateway
 from serving.gateway_config import MODEL_PORT, GatewayModel
-from tests.serving.gateway_container import gateway_container
+from tests.serving.gateway_container import ColorServer, gateway_container
 
 pytestmark = pytest.mark.docker
 
 NETWORK = ApplianceNetwork.for_subnet(ipaddress.IPv4Network("127.77.0.0/24"))
-
-
-class ColorServer(BaseHTTPRequestHandler):
-    """Answers any request with which model color it is and the path it got."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "color"
-
-    def do_GET(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"color": self.server.color, "path": self.path}).encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_GET  # noqa: N815
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @dataclass
