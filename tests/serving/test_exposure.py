@@ -1,8 +1,10 @@
 """Each service of the appliance refuses, by itself, to listen beyond loopback without credentials:
 a plain `docker compose up` with ONEBOX_BIND=0.0.0.0 (no onebox to check first) starts nothing
-that answers without a login. The gateway's refusal is in test_gateway_auth.py."""
+that answers without a login."""
 
 from __future__ import annotations
+
+import secrets
 
 import pytest
 
@@ -39,6 +41,21 @@ def test_mlflow_and_prefect_refuse_a_public_bind_without_a_password(images: Appl
     # An empty password is none.
     status, logs = _exit(image, {"ONEBOX_BIND": "10.1.2.3", "ONEBOX_PASSWORD": ""})
     assert status == 2, logs
+
+
+def test_the_gateway_refuses_to_listen_beyond_loopback_without_credentials(images: ApplianceImages) -> None:
+    status, logs = _exit(images.gateway, {"ONEBOX_GATEWAY_LISTEN": "0.0.0.0:3999"})
+    assert status == 2, logs
+    assert "refusing to start: ONEBOX_BIND publishes the gateway on 0.0.0.0" in logs
+    assert "ONEBOX_PASSWORD and ONEBOX_API_KEY are not set" in logs
+    api_key = secrets.token_urlsafe(24)
+    status, half = _exit(images.gateway, {"ONEBOX_GATEWAY_LISTEN": "127.0.0.1:3999", "ONEBOX_API_KEY": api_key})
+    assert status == 2, half
+    assert "set both ONEBOX_PASSWORD and ONEBOX_API_KEY" in half
+    quoted = {"ONEBOX_GATEWAY_LISTEN": "127.0.0.1:3999", "ONEBOX_PASSWORD": 'x";}', "ONEBOX_API_KEY": api_key}
+    status, logs = _exit(images.gateway, quoted)
+    assert status == 2, logs
+    assert "may hold letters, digits and ._~+/=@%!*,- only" in logs
 
 
 def test_the_labeling_service_refuses_a_public_bind_without_credentials(images: ApplianceImages) -> None:

@@ -1,7 +1,7 @@
 """The gateway's credentials, in the real nginx of the gateway image with this checkout's gateway.sh
 and configuration: with ONEBOX_PASSWORD and ONEBOX_API_KEY set, a model's routes need the key (or
 the login) and answer a JSON 401 that a browser turns into a login prompt; health, the index and
-the error pages stay open. Without credentials, the gateway refuses to listen beyond loopback.
+the error pages stay open. Its refusal to listen beyond loopback without them is in test_exposure.py.
 
 A model color is a small HTTP server on a loopback address of the network 127.78.0.0/24 (the
 fixed color addresses all reach this machine's loopback), as in test_gateway_routing.py.
@@ -24,7 +24,7 @@ from serving.appliance_state import ServedModel
 from serving.gateway import Gateway
 from serving.gateway_config import MODEL_PORT, GatewayModel
 from storage.credentials import basic_authorization
-from tests.serving.gateway_container import GATEWAY_IMAGE, ColorServer, gateway_container
+from tests.serving.gateway_container import ColorServer, gateway_container
 
 pytestmark = pytest.mark.docker
 
@@ -122,30 +122,6 @@ def test_health_the_index_and_the_errors_stay_open(gateway_url: str) -> None:
     ):
         assert httpx.get(f"{gateway_url}{path}").status_code == 401, path
     assert httpx.get(f"{gateway_url}/models/digits/healthz?full=1").status_code == 200
-
-
-def _refusal(environment: dict[str, str]) -> str:
-    """The gateway started with ``environment``; its output once it exited (it must)."""
-    from serving.docker_client import docker_client, image_exists
-
-    if not image_exists(GATEWAY_IMAGE):
-        pytest.skip(f"{GATEWAY_IMAGE} is not built (make up builds it)")
-    container = docker_client().containers.run(GATEWAY_IMAGE, detach=True, network_mode="host", environment=environment)
-    try:
-        assert container.wait(timeout=30)["StatusCode"] == 2
-        return container.logs().decode()
-    finally:
-        container.remove(force=True)
-
-
-def test_the_gateway_refuses_to_listen_beyond_loopback_without_credentials() -> None:
-    logs = _refusal({"ONEBOX_GATEWAY_LISTEN": "0.0.0.0:3999"})
-    assert "refusing to start: ONEBOX_BIND publishes the gateway on 0.0.0.0" in logs
-    assert "ONEBOX_PASSWORD and ONEBOX_API_KEY are not set" in logs
-    half = _refusal({"ONEBOX_GATEWAY_LISTEN": "127.0.0.1:3999", "ONEBOX_API_KEY": API_KEY})
-    assert "set both ONEBOX_PASSWORD and ONEBOX_API_KEY" in half
-    quoted = _refusal({"ONEBOX_GATEWAY_LISTEN": "127.0.0.1:3999", "ONEBOX_PASSWORD": 'x";}', "ONEBOX_API_KEY": API_KEY})
-    assert "may hold letters, digits and ._~+/=@%!*,- only" in quoted
 
 
 def test_the_login_is_plain_basic_auth() -> None:
