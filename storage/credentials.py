@@ -13,8 +13,8 @@ The gateway's health route, its index page and each model's health routes stay o
 are asked for on loopback too. onebox's own commands and the worker pass them on (MLflow's and
 Prefect's client variables, :func:`client_environment`).
 
-Each service's entry script checks the same rule with :func:`exposure_problem`'s words
-(compose/*/), so a `docker compose up` without onebox is refused too. Standard library only.
+Each service's entry script (compose/*/) checks the same rule as :func:`exposure_problem` in its
+own words, so a `docker compose up` without onebox is refused too. Standard library only.
 """
 
 from __future__ import annotations
