@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import re
 import secrets
@@ -38,6 +37,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+import orjson
 from bentoml.exceptions import BentoMLException, InvalidArgument
 from bentoml.validators import ContentType
 from fastapi import FastAPI
@@ -45,6 +45,7 @@ from pydantic import BaseModel, Field, RootModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving import fast_routes
 from serving.errors import UnwrapErrorMiddleware, quiet_client_error_tracebacks
 from serving.log_settings import PredictionLogConfig
 from serving.metadata import WORKERS_VARIABLE
@@ -112,14 +113,12 @@ class Predictions(RootModel[list[Prediction]]):
     """One answer per image, in order."""
 
 
-def json_response(answer: Any, request_id: str) -> Response:
-    # Serialized here rather than by BentoML's output machinery, which validates the answer again.
-    return Response(json.dumps(answer), media_type="application/json", headers={REQUEST_ID_HEADER: request_id})
+def json_response(body: bytes, request_id: str) -> Response:
+    return Response(body, media_type="application/json", headers={REQUEST_ID_HEADER: request_id})
 
 
-def request_id_of(request: Request) -> str:
+def sane_request_id(sent: str | None) -> str:
     """The client's X-Request-ID when it is a sane one, else a new random one."""
-    sent = request.headers.get(REQUEST_ID_HEADER)
     return sent if sent is not None and SANE_REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
 
 
@@ -148,6 +147,7 @@ class Classifier:
         # collector stops scanning it: a full collection took about 65 ms here, long enough to
         # show in the 99th-percentile latency.
         gc.freeze()
+        fast_routes.serve(self)
 
     @bentoml.api(route="/predict", input_spec=ImageUpload, output_spec=Prediction)  # type: ignore[untyped-decorator, unused-ignore]
     async def predict(self, image: bytes, ctx: bentoml.Context) -> Response:
@@ -164,10 +164,7 @@ class Classifier:
             raise BentoMLException(str(error), error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
-        probabilities, embeddings = predictor.infer(pixels)
-        request_id = request_id_of(ctx.request)
-        self.log.submit_upload(predictor.metadata.model_name, request_id, image, probabilities, embeddings)
-        return json_response(predictor.describe(probabilities[0]), request_id)
+        return json_response(*self._answer_image(predictor, pixels, image, ctx.request.headers.get(REQUEST_ID_HEADER)))
 
     @bentoml.api(route="/predict_batch", output_spec=Predictions)  # type: ignore[untyped-decorator, unused-ignore]
     async def predict_batch(self, images: np.ndarray, ctx: bentoml.Context) -> Response:
@@ -176,13 +173,47 @@ class Classifier:
         The answer's `X-Request-ID` header names the predictions in the log, one record per image."""
         predictor = self._predictor(ctx.request)
         try:
-            pixels = predictor.check_arrays(np.asarray(images))
+            return json_response(*self.answer_arrays(predictor, images, ctx.request.headers.get(REQUEST_ID_HEADER)))
         except ImageDecodeError as error:
             raise InvalidArgument(str(error)) from error
+
+    # What both the APIs above and the hot routes' fast path (serving/fast_routes.py) answer with:
+    # the JSON body, serialized once (not validated again by BentoML's output machinery), and the
+    # request id that names the prediction in the log.
+
+    def answer_upload(self, predictor: OnnxPredictor, image: bytes, sent_request_id: str | None) -> tuple[bytes, str]:
+        """The answer to one small uploaded image, decoded here.
+
+        Raises:
+            ImageDecodeError: it is not a readable image, or has more pixels than the limit.
+        """
+        return self._answer_image(predictor, predictor.decode(image, source="image"), image, sent_request_id)
+
+    def _answer_image(
+        self, predictor: OnnxPredictor, pixels: np.ndarray, image: bytes, sent_request_id: str | None
+    ) -> tuple[bytes, str]:
         probabilities, embeddings = predictor.infer(pixels)
-        request_id = request_id_of(ctx.request)
+        request_id = sane_request_id(sent_request_id)
+        self.log.submit_upload(predictor.metadata.model_name, request_id, image, probabilities, embeddings)
+        return orjson.dumps(predictor.describe(probabilities[0])), request_id
+
+    def answer_arrays(
+        self, predictor: OnnxPredictor, images: np.ndarray, sent_request_id: str | None
+    ) -> tuple[bytes, str]:
+        """The answer to a batch of pixel arrays.
+
+        Raises:
+            InputError: their shape or values do not fit the model.
+        """
+        pixels = predictor.check_arrays(np.asarray(images))
+        probabilities, embeddings = predictor.infer(pixels)
+        request_id = sane_request_id(sent_request_id)
         self.log.submit_batch(predictor.metadata.model_name, request_id, pixels, probabilities, embeddings)
-        return json_response([predictor.describe(row) for row in probabilities], request_id)
+        return orjson.dumps([predictor.describe(row) for row in probabilities]), request_id
+
+    def predictor_for(self, model: str) -> OnnxPredictor:
+        """Model ``model``'s predictor; the default model's for "" (an unprefixed route)."""
+        return self.predictors.get(model, self.default)
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator, unused-ignore]
     def write_what_the_log_has_queued(self) -> None:
@@ -200,7 +231,7 @@ class Classifier:
 
     def _predictor(self, request: Request) -> OnnxPredictor:
         # ModelRoutes put the model's name there, having checked it is served; absent: the default.
-        return self.predictors.get(request.scope.get(MODEL_SCOPE_KEY, ""), self.default)
+        return self.predictor_for(request.scope.get(MODEL_SCOPE_KEY, ""))
 
 
 # The decorators turned the class into a bentoml Service, which mypy cannot see. The first
@@ -209,3 +240,4 @@ class Classifier:
 Classifier.add_asgi_middleware(UnwrapErrorMiddleware)  # type: ignore[attr-defined]
 Classifier.add_asgi_middleware(ModelRoutes)  # type: ignore[attr-defined]
 Classifier.add_asgi_middleware(RequestLimits)  # type: ignore[attr-defined]
+Classifier.add_asgi_middleware(fast_routes.FastRoutes)  # type: ignore[attr-defined]
