@@ -37,6 +37,7 @@ INPUTS_LABEL = "org.onebox.inputs"
 SERVING_FILES = (
     "serving/__init__.py",
     "serving/errors.py",
+    "serving/fast_routes.py",
     "serving/health.py",
     "serving/index_page.py",
     "serving/log_retention.py",

@@ -58,9 +58,15 @@ def test_serving_image_files_hold_everything_the_service_imports() -> None:
         seen.add(relative)
         for node in ast.walk(ast.parse((SOURCE_ROOT / relative).read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("serving", "storage"):
-                module = node.module.replace(".", "/") + ".py"
-                if module not in seen:
-                    wanted.append(module)
+                folder = node.module.replace(".", "/")
+                # `from serving import fast_routes` names modules of the package; `from serving.x
+                # import y`, names in module x.
+                modules = (
+                    [f"{folder}/{alias.name}.py" for alias in node.names] if (SOURCE_ROOT / folder).is_dir() else []
+                )
+                for module in [*modules, f"{folder}.py" if not modules else f"{folder}/__init__.py"]:
+                    if module not in seen and module not in wanted:
+                        wanted.append(module)
     assert seen <= set(SERVING_FILES)
 
 
