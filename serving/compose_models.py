@@ -4,8 +4,9 @@ compose file ($ONEBOX_HOME/compose/models.yml) before each docker compose comman
 Each model has two services, ``model-NAME-blue`` and ``model-NAME-green``, each in a profile of
 its own name, so `up` starts the live colors and a deploy starts one idle color without touching
 any other container. Each color has the fixed address of its model's slot on the appliance's
-network (serving/appliance_network.py), where the gateway keeps connections open to it. The file
-is JSON, which YAML (and so compose) reads as it is.
+network (serving/appliance_network.py), and listens on a Unix socket of its own in the volume it
+shares with the gateway, where the gateway keeps connections open to it. The file is JSON, which
+YAML (and so compose) reads as it is.
 
 Each color writes its model's prediction log (serving/prediction_log.py) into the host's
 ``$ONEBOX_HOME/predictions/NAME``, mounted at the same place below :data:`CONTAINER_LOG_DIR`, so
@@ -21,9 +22,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import COLORS, ApplianceState, Color, ServedModel
+from serving.gateway_config import SOCKETS_DIR, socket_path
 from serving.log_settings import LOG_DIR_VARIABLE, log_environment
 from serving.metadata import WORKERS_VARIABLE
+from serving.model_server import SOCKET_VARIABLE
 from storage.limits import InputLimits
 from storage.prediction_log import model_log_dir
 from storage.settings import Settings, env_name
@@ -34,6 +38,7 @@ MODEL_LABEL = "org.onebox.model"  # which model a container serves (benchmarks c
 READY_TEST = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/readyz', timeout=2)"
 CONTAINER_LOG_DIR = "/predictions"  # a color's view of the log: its model's host folder is mounted below it
 MODEL_IMAGE_UID = 10001  # the user compose/runtime/Dockerfile creates (its group has the same id)
+SOCKETS_VOLUME = "model-sockets"  # docker-compose.yml's, shared with the gateway
 
 
 def models_compose_path(compose_dir: Path) -> Path:
@@ -59,25 +64,25 @@ def log_user(settings: Settings) -> str | None:
     return None if owner.st_uid == 0 else f"{owner.st_uid}:{owner.st_gid}"
 
 
-def _log_definition(settings: Settings, model: ServedModel) -> dict[str, Any]:
-    user = log_user(settings)
-    return {
-        **({"user": user} if user else {}),
-        "volumes": [f"{model_log_dir(settings.predictions_dir, model.name)}:{CONTAINER_LOG_DIR}/{model.name}"],
-    }
+def _log_volumes(settings: Settings | None, model: ServedModel) -> list[str]:
+    if settings is None:
+        return []
+    return [f"{model_log_dir(settings.predictions_dir, model.name)}:{CONTAINER_LOG_DIR}/{model.name}"]
 
 
 def model_service_definition(
-    model: ServedModel, color: Color, address: str, *, settings: Settings | None = None
+    model: ServedModel, color: Color, network: ApplianceNetwork, *, settings: Settings | None = None
 ) -> dict[str, Any]:
     """One color's service; with ``settings``, it writes the prediction log into the host's home."""
-    # One worker: one process, without BentoML's supervisor (serving/single_process.py).
-    single = {"command": ["python3", "-m", "serving.single_process"]} if model.workers == 1 else {}
     logged = {**log_environment(settings.environment()), LOG_DIR_VARIABLE: CONTAINER_LOG_DIR} if settings else {}
+    user = log_user(settings) if settings else None
+    address = network.addresses(model.slot)[COLORS.index(color)]
     return {
         "image": model.image(color),
-        **single,
-        **(_log_definition(settings, model) if settings else {}),
+        # The service's app under uvicorn, its workers under a small parent (serving/model_server.py).
+        "command": ["python3", "-m", "serving.model_server"],
+        **({"user": user} if user else {}),
+        "volumes": [f"{SOCKETS_VOLUME}:{SOCKETS_DIR}", *_log_volumes(settings, model)],
         # As docker-compose.yml's services (its x-hardened, which a second compose file cannot
         # reference: tests/serving/test_compose_gateway.py holds the two alike), with its own
         # bounds on processes and memory.
@@ -93,6 +98,7 @@ def model_service_definition(
             WORKERS_VARIABLE: str(model.workers),
             # The container holds one model: its unprefixed routes answer for it.
             env_name("default_model"): model.name,
+            SOCKET_VARIABLE: socket_path(model.slot, color, network),
             # The input limits (storage/limits.py), from the settings compose is run with.
             **{name: f"${{{name}:-{default}}}" for name, default in InputLimits().environment().items()},
             **logged,
@@ -105,7 +111,7 @@ def model_service_definition(
             "retries": 3,
             "start_period": "60s",
         },
-        "networks": {"default": {"ipv4_address": address}},
+        "networks": {"default": {"ipv4_address": str(address)}},
     }
 
 
@@ -115,11 +121,10 @@ def models_compose(state: ApplianceState, settings: Settings | None = None) -> d
     services: dict[str, Any] = {}
     if state.network is not None:
         for model in state.models:
-            addresses = state.network.addresses(model.slot)
-            for color, address in zip(COLORS, addresses, strict=True):
+            for color in COLORS:
                 if model.image(color):
                     services[model.service(color)] = model_service_definition(
-                        model, color, str(address), settings=settings
+                        model, color, state.network, settings=settings
                     )
     return {"services": services}
 

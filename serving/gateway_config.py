@@ -31,6 +31,9 @@ from storage.errors import ServingError
 from storage.names import name_problem
 
 MODEL_PORT = 3000
+# Each color listens on a Unix socket of its own in this folder, a volume the gateway shares
+# (docker-compose.yml's model-sockets): nginx reaches it there, not through Docker's bridge.
+SOCKETS_DIR = "/sockets"
 NAMES_DIR = "/state/names"
 DEFAULT_NAME = "@default"  # no model can have it: a name starts with a letter or a digit
 UNKNOWN_MODEL_FILE = "unknown-model.json"
@@ -66,17 +69,27 @@ def slot_key(slot: int, network: ApplianceNetwork) -> str:
     return format(slot, f"0{slot_bits(network)}b")
 
 
+def socket_path(slot: int, color: str, network: ApplianceNetwork) -> str:
+    """Where the color ``color`` of the model in slot ``slot`` listens, in the gateway's view and its own."""
+    return f"{SOCKETS_DIR}/model_{slot_key(slot, network)}_{color}.sock"
+
+
 def upstreams_conf(network: ApplianceNetwork) -> str:
     """An upstream for each color of each slot of ``network``, used or not (a few hundred bytes
-    of memory each, and no connection until a request goes there)."""
+    of memory each, and no connection until a request goes there).
+
+    Each is the color's Unix socket (serving/model_server.py): through Docker's bridge, the TCP
+    hop to a color cost nginx 0.18 ms of system CPU per request, more than all its own work, and
+    the model 0.15 ms; over a socket, about 0.07 and 0.05 (measured on this machine: README)."""
     blocks = []
     for slot in range(network.slots):
-        for color, address in zip(COLORS, network.addresses(slot), strict=True):
+        for color in COLORS:
             # Idle pooled connections close after 4 s, before the model server (uvicorn) closes
             # them at 5 s, so nginx never sends a request on a connection the server is closing.
+            server = f"unix:{socket_path(slot, color, network)}"
             blocks.append(
                 f"upstream model_{slot_key(slot, network)}_{color} {{\n"
-                f"    server {address}:{MODEL_PORT};\n    keepalive 32;\n    keepalive_timeout 4s;\n}}\n"
+                f"    server {server};\n    keepalive 32;\n    keepalive_timeout 4s;\n}}\n"
             )
     return "".join(blocks)
 
@@ -107,8 +120,8 @@ def _which_model(bits: int) -> str:
 
 MODEL_DOWN_PAGE = "/gateway/errors/model-down.json"
 MODEL_DOWN_ERROR = "the model did not answer (it may be restarting or busy); try again in a few seconds"
-# A color's address answers a connection at once while it runs (a local bridge); a dead one goes
-# unanswered (about 3 s until "No route to host"): well before that, it is a 503.
+# A color's socket answers a connection at once while it runs; one whose server is gone refuses
+# it (or is no file) at once: a 503. The bound is for a server too busy to accept.
 CONNECT_TIMEOUT = "750ms"
 
 
@@ -138,7 +151,10 @@ def _proxy(unavailable: str) -> str:
 def routes_digest(network: ApplianceNetwork, *, labeling: str | None = None) -> str:
     """What the nginx configuration is made from, in a few characters: the gateway answers it at
     ``/gateway/routes`` once a reload to it took effect."""
-    return hashlib.sha256(repr((str(network.subnet), network.slots, labeling)).encode()).hexdigest()[:16]
+    # The sockets' folder too: the upstreams moved there from the colors' addresses, and a gateway
+    # upgraded across that must be seen to reload.
+    made_of = (str(network.subnet), network.slots, labeling, SOCKETS_DIR)
+    return hashlib.sha256(repr(made_of).encode()).hexdigest()[:16]
 
 
 def labeling_location(address: str) -> str:

@@ -4,6 +4,10 @@ nginx template mounted over the image's: the tests of its nginx need no applianc
 from __future__ import annotations
 
 import json
+import os
+import socketserver
+import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
@@ -14,7 +18,9 @@ import httpx
 import pytest
 
 from benchmarks.servers import free_port
+from serving.appliance_network import ApplianceNetwork
 from serving.checkout import COMPOSE_DIR
+from serving.gateway_config import SOCKETS_DIR, socket_path
 from serving.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
@@ -44,11 +50,43 @@ class ColorServer(BaseHTTPRequestHandler):
         pass
 
 
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    color: str
+
+
+@contextmanager
+def color_servers(network: ApplianceNetwork, colors: dict[tuple[int, str], str]) -> Iterator[Path]:
+    """A ColorServer for each (slot, color) of ``colors``, answering as its value, on the Unix
+    socket that color has in the appliance (serving/gateway_config.py), in a folder of its own:
+    mount it at /sockets (``gateway_container(sockets=...)``)."""
+    servers = []
+    with tempfile.TemporaryDirectory(prefix="onebox-sockets-") as folder:
+        os.chmod(folder, 0o755)  # the gateway's user finds the sockets (each is its to write)
+        try:
+            for (slot, color), name in colors.items():
+                path = Path(folder, Path(socket_path(slot, color, network)).relative_to(SOCKETS_DIR))
+                server = UnixHTTPServer(str(path), ColorServer)
+                os.chmod(path, 0o666)
+                server.color = name
+                threading.Thread(target=server.serve_forever, daemon=True).start()
+                servers.append(server)
+            yield Path(folder)
+        finally:
+            for server in servers:
+                server.shutdown()
+                server.server_close()
+
+
 @contextmanager
 def gateway_container(
-    environment: dict[str, str] | None = None, volumes: dict[str, dict[str, str]] | None = None
+    environment: dict[str, str] | None = None,
+    volumes: dict[str, dict[str, str]] | None = None,
+    *,
+    sockets: Path | None = None,
 ) -> Iterator[tuple[Container, str]]:
     """The running gateway container and its URL, once it answers; stopped (and removed) after.
+    ``sockets``: the folder of the model colors' sockets (:func:`color_servers`).
 
     Skips when the image is not built (the appliance's tests build it first).
     """
@@ -67,6 +105,7 @@ def gateway_container(
         volumes={
             str(gateway_dir / "nginx.conf.template"): {"bind": "/etc/onebox/nginx.conf.template", "mode": "ro"},
             str(gateway_dir / "gateway.sh"): {"bind": "/usr/local/bin/onebox-gateway", "mode": "ro"},
+            **({str(sockets): {"bind": SOCKETS_DIR, "mode": "rw"}} if sockets else {}),
             **(volumes or {}),
         },
     )

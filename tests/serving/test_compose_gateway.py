@@ -114,11 +114,14 @@ def test_no_models_means_503_with_how_to_train_one() -> None:
     assert models_list([], NETWORK) == ""
 
 
-def test_every_color_of_every_slot_has_an_upstream_at_its_fixed_address() -> None:
+def test_every_color_of_every_slot_has_an_upstream_at_its_own_socket() -> None:
     upstreams = upstreams_conf(NETWORK)
     assert upstreams.count("upstream ") == 2 * NETWORK.slots == 126
-    for key, color, address in (("000000", "blue", "10.99.0.253"), ("000001", "green", "10.99.0.252")):
-        assert re.search(rf"upstream model_{key}_{color} \{{\n    server {address}:3000;", upstreams)
+    for key, color in (("000000", "blue"), ("000001", "green"), ("111110", "green")):
+        assert re.search(
+            rf"upstream model_{key}_{color} \{{\n    server unix:/sockets/model_{key}_{color}.sock;", upstreams
+        )
+    assert len(set(re.findall(r"server (\S+);", upstreams))) == 126
 
 
 def test_the_index_lists_the_models_that_say_what_they_serve() -> None:
@@ -158,9 +161,12 @@ def test_the_models_compose_file_has_each_color_with_an_image(tmp_path: Path) ->
     cats = services["model-cats.v2-green"]
     assert cats["networks"]["default"]["ipv4_address"] == "10.99.0.252"
     assert cats["environment"]["ONEBOX_SERVE_WORKERS"] == "1"
-    # One worker: one process, no supervisor beside it; more: BentoML's own (the image's command).
-    assert cats["command"] == ["python3", "-m", "serving.single_process"]
-    assert "command" not in blue
+    # Each color listens on its own socket in the volume it shares with the gateway.
+    assert cats["environment"]["ONEBOX_SERVE_SOCKET"] == "/sockets/model_000001_green.sock"
+    assert blue["environment"]["ONEBOX_SERVE_SOCKET"] == "/sockets/model_000000_blue.sock"
+    assert "model-sockets:/sockets" in blue["volumes"]
+    assert "model-sockets" in yaml.safe_load(COMPOSE_FILE.read_text())["volumes"]
+    assert cats["command"] == blue["command"] == ["python3", "-m", "serving.model_server"]
     assert models_compose(ApplianceState()) == {"services": {}}  # before the first `up` records a network
     assert write_models_compose(tmp_path, ApplianceState()) is None
     assert not written.exists()  # no model, no second compose file

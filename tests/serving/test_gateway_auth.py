@@ -3,8 +3,7 @@ and configuration: with ONEBOX_PASSWORD and ONEBOX_API_KEY set, a model's routes
 the login) and answer a JSON 401 that a browser turns into a login prompt; health, the index and
 the error pages stay open. Its refusal to listen beyond loopback without them is in test_exposure.py.
 
-A model color is a small HTTP server on a loopback address of the network 127.78.0.0/24 (the
-fixed color addresses all reach this machine's loopback), as in test_gateway_routing.py.
+A model color is a small HTTP server on its Unix socket, as in test_gateway_routing.py.
 """
 
 from __future__ import annotations
@@ -12,9 +11,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import secrets
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -22,9 +19,9 @@ import pytest
 from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import ServedModel
 from serving.gateway import Gateway
-from serving.gateway_config import MODEL_PORT, GatewayModel
+from serving.gateway_config import GatewayModel
 from storage.credentials import basic_authorization
-from tests.serving.gateway_container import ColorServer, gateway_container
+from tests.serving.gateway_container import color_servers, gateway_container
 
 pytestmark = pytest.mark.docker
 
@@ -39,29 +36,19 @@ API_KEY = f"k.e+y*{secrets.token_urlsafe(24)}"
 @pytest.fixture(scope="module")
 def gateway_url() -> Iterator[str]:
     model = ServedModel("digits", 0)
-    servers = []
-    for address in NETWORK.addresses(model.slot):
-        server = ThreadingHTTPServer((str(address), MODEL_PORT), ColorServer)
-        server.color = "digits"  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
     credentials = {"ONEBOX_USERNAME": USERNAME, "ONEBOX_PASSWORD": PASSWORD, "ONEBOX_API_KEY": API_KEY}
-    try:
-        with gateway_container(credentials) as (container, url):
-            gateway = Gateway("unused", url)
-            gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
-            gateway.switch("digits", "blue")
-            assert gateway.publish([GatewayModel(model, None)], network=NETWORK, default="digits")
-            # Its environment, which `docker inspect` shows, is the container's; nginx's is not.
-            code, output = container.exec_run(["sh", "-c", "cat /proc/$(cat /tmp/onebox/nginx.pid)/environ"])
-            assert code == 0, output
-            assert PASSWORD.encode() not in output
-            assert API_KEY.encode() not in output
-            yield url
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+    colors = {(model.slot, "blue"): "digits", (model.slot, "green"): "digits"}
+    with color_servers(NETWORK, colors) as sockets, gateway_container(credentials, sockets=sockets) as (container, url):
+        gateway = Gateway("unused", url)
+        gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
+        gateway.switch("digits", "blue")
+        assert gateway.publish([GatewayModel(model, None)], network=NETWORK, default="digits")
+        # Its environment, which `docker inspect` shows, is the container's; nginx's is not.
+        code, output = container.exec_run(["sh", "-c", "cat /proc/$(cat /tmp/onebox/nginx.pid)/environ"])
+        assert code == 0, output
+        assert PASSWORD.encode() not in output
+        assert API_KEY.encode() not in output
+        yield url
 
 
 PROTECTED = ("/models/digits/predict", "/predict", "/models/digits/docs", "/docs.json", "/models/digits/metadata")

@@ -3,8 +3,8 @@ configuration: models added, removed and switched under load are files nginx rea
 never a reload, so not one request fails (a reload closes the keep-alive connections clients are
 sending on); an unknown model is a 404 that lists the served ones; the default follows.
 
-The models' colors are small HTTP servers on loopback addresses: the appliance's network here is
-127.77.0.0/24, whose fixed color addresses all reach this machine's loopback.
+The models' colors are small HTTP servers on the Unix sockets the colors have in the appliance, in
+a folder mounted into the gateway at /sockets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -22,8 +21,8 @@ import pytest
 from serving.appliance_network import ApplianceNetwork
 from serving.appliance_state import Color, ServedModel
 from serving.gateway import Gateway
-from serving.gateway_config import MODEL_PORT, GatewayModel
-from tests.serving.gateway_container import ColorServer, gateway_container
+from serving.gateway_config import GatewayModel
+from tests.serving.gateway_container import color_servers, gateway_container
 
 pytestmark = pytest.mark.docker
 
@@ -51,26 +50,16 @@ class Routing:
 @pytest.fixture(scope="module")
 def routing() -> Iterator[Routing]:
     models = {"digits": ServedModel("digits", 0), "cats.v2": ServedModel("cats.v2", 1)}
-    servers = []
-    for model in models.values():  # (slot 2, "gone", has no server: a color that died)
-        for color, address in zip(("blue", "green"), NETWORK.addresses(model.slot), strict=True):
-            server = ThreadingHTTPServer((str(address), MODEL_PORT), ColorServer)
-            server.color = f"{model.name}-{color}"  # type: ignore[attr-defined]
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            servers.append(server)
-    try:
-        with gateway_container() as (container, url):
-            gateway = Gateway("unused", url)
-            gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
-            routing = Routing(url, gateway, {**models, "gone": ServedModel("gone", 2)})
-            routing.switch("digits", "blue")
-            # The first routes replace the gateway's no-models configuration: the one reload.
-            assert routing.publish("digits")
-            yield routing
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+    # (slot 2, "gone", has no server: a color that died)
+    colors = {(m.slot, color): f"{m.name}-{color}" for m in models.values() for color in ("blue", "green")}
+    with color_servers(NETWORK, colors) as sockets, gateway_container(sockets=sockets) as (container, url):
+        gateway = Gateway("unused", url)
+        gateway.container = lambda: container  # type: ignore[method-assign]  # this one, not a compose project's
+        routing = Routing(url, gateway, {**models, "gone": ServedModel("gone", 2)})
+        routing.switch("digits", "blue")
+        # The first routes replace the gateway's no-models configuration: the one reload.
+        assert routing.publish("digits")
+        yield routing
 
 
 def test_models_added_and_removed_under_load_cut_no_request(routing: Routing) -> None:

@@ -80,7 +80,7 @@ def test_each_color_writes_into_its_models_folder_of_the_home(tmp_path: Path) ->
     folder = model_log_dir(settings.predictions_dir, "digits")
     assert folder.is_dir()
     blue = models_compose(STATE, settings)["services"]["model-digits-blue"]
-    assert blue["volumes"] == [f"{folder}:{CONTAINER_LOG_DIR}/digits"]
+    assert blue["volumes"] == ["model-sockets:/sockets", f"{folder}:{CONTAINER_LOG_DIR}/digits"]
     assert blue["environment"][LOG_DIR_VARIABLE] == CONTAINER_LOG_DIR
     assert blue["environment"]["ONEBOX_PREDICTION_LOG_QUEUE"] == "99"
     if os.geteuid() == 0:  # a root-owned home: the image's own user, who gets the folder
@@ -91,7 +91,8 @@ def test_each_color_writes_into_its_models_folder_of_the_home(tmp_path: Path) ->
         assert models_compose(STATE, settings)["services"]["model-digits-blue"]["user"] == "1234:1234"
     else:
         assert blue["user"] == f"{os.getuid()}:{os.getgid()}"
-    assert "volumes" not in models_compose(STATE)["services"]["model-digits-blue"]  # no settings: as before
+    # No settings: the socket's volume alone.
+    assert models_compose(STATE)["services"]["model-digits-blue"]["volumes"] == ["model-sockets:/sockets"]
 
 
 def test_the_image_user_is_the_one_the_runtime_image_creates() -> None:
