@@ -233,7 +233,7 @@ def test_two_models_serve_side_by_side(appliance: Settings, models: Models) -> N
 
 
 def test_each_models_color_writes_its_prediction_log_into_the_hosts_home(appliance: Settings, models: Models) -> None:
-    # digits (the default: 2 workers under bentoml serve) and colors (1 worker: serving.single_process)
+    # digits (the default: 2 workers under uvicorn's parent) and colors (1 worker, 1 process): serving.model_server
     for name, shape in ((models.digits, DIGITS_SHAPE), (models.colors, COLOR_SHAPE)):
         url = f"{appliance.serve_url}/models/{name}"
         pixels = np.zeros(shape[1:] if shape[0] == 1 else (shape[1], shape[2], shape[0]), np.uint8)
