@@ -15,6 +15,10 @@ stock service's CPU. So this service runs lean (measured in benchmarks/serving.p
   ``onebox logs`` remain). ``ONEBOX_SERVE_ACCESS_LOG=1`` turns the access log back on.
 - the APIs are ``async``: inference takes tens of microseconds, less than handing the request
   to a worker thread and back.
+- an ordinary ``/predict`` or ``/predict_batch`` (a whole body, a plain upload of a small image,
+  a JSON batch of numbers) is answered by serving/fast_routes.py in front of BentoML's routing,
+  request context and endpoint wrapper, which cost more than the model; anything else goes on
+  to the APIs below, so errors and the OpenAPI document stay theirs.
 - ``/predict`` reads the upload from memory (:class:`ImageUpload`, serving/uploads.py) instead
   of BentoML's file type, which writes every upload to a temporary file and validates it with
   pydantic; answers are serialized once, as JSON, not validated again on the way out.
