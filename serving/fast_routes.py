@@ -22,17 +22,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import orjson
 from python_multipart.multipart import parse_options_header
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving.metadata import REQUEST_ID_HEADER, SERVICE_NAME
 from serving.model_routes import MODEL_SCOPE_KEY
+from serving.request_limits import replay
 from serving.uploads import UploadError, split_parts
 from storage.images import ImageDecodeError
 
 if TYPE_CHECKING:
     from serving.predictor import OnnxPredictor
 
-SERVER_HEADER = b"BentoML Service/onebox-classifier"  # what BentoML adds to each of its answers
-REQUEST_ID_HEADER = b"x-request-id"
+SERVER_HEADER = f"BentoML Service/{SERVICE_NAME}".encode()  # what BentoML adds to each of its answers
+REQUEST_ID = REQUEST_ID_HEADER.lower().encode()  # as ASGI spells header names
 Answer = tuple[bytes, str]  # the JSON body and the request id
 Headers = dict[bytes, bytes]
 
@@ -93,18 +95,18 @@ class FastRoutes:
                         "headers": [
                             (b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (REQUEST_ID_HEADER, request_id.encode()),
+                            (REQUEST_ID, request_id.encode()),
                             (b"server", SERVER_HEADER),
                         ],
                     }
                 )
                 await send({"type": "http.response.body", "body": body})
                 return
-        await self.app(scope, _replay(first, receive), send)
+        await self.app(scope, replay(first, receive), send)
 
 
 def _sent_request_id(headers: Headers) -> str | None:
-    sent = headers.get(REQUEST_ID_HEADER)
+    sent = headers.get(REQUEST_ID)
     return sent.decode("latin-1") if sent is not None else None
 
 
@@ -144,16 +146,3 @@ def _answer_batch(service: HotRoutes, predictor: OnnxPredictor, headers: Headers
         return service.answer_arrays(predictor, arrays, _sent_request_id(headers))
     except ImageDecodeError:
         return None
-
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return first
-
-    return replay

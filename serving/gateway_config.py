@@ -30,7 +30,6 @@ from serving.metadata import ModelMetadata
 from storage.errors import ServingError
 from storage.names import name_problem
 
-MODEL_PORT = 3000
 # Each color listens on a Unix socket of its own in this folder, a volume the gateway shares
 # (docker-compose.yml's model-sockets): nginx reaches it there, not through Docker's bridge.
 SOCKETS_DIR = "/sockets"

@@ -20,6 +20,8 @@ METADATA_FILE = "metadata.json"
 MODEL_DIR_VARIABLE = "ONEBOX_MODEL_DIR"  # the bundle(s) a model server loads, joined with os.pathsep
 DEFAULT_MODEL_VARIABLE = "ONEBOX_DEFAULT_MODEL"  # the model the unprefixed routes answer for
 WORKERS_VARIABLE = "ONEBOX_SERVE_WORKERS"  # its worker processes
+SERVICE_NAME = "onebox-classifier"  # the BentoML service's name (its answers' Server header says it)
+REQUEST_ID_HEADER = "X-Request-ID"  # names an answer's predictions in the log
 # The drift reference: the held-out split's probabilities and embeddings as this version computed
 # them (numpy .npz: "probabilities" (N, K), "labels" (N,), "embeddings" (N, D) when the model has one).
 REFERENCE_FILE = "reference.npz"

@@ -75,7 +75,7 @@ class RequestLimits:
         if more:
             await _error(send, 413, _too_large(None, limit, scope["path"]))
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay({"type": "http.request", "body": body, "more_body": False}, receive), send)
 
 
 def _too_large(size: int | None, limit: int, path: str) -> str:
@@ -98,17 +98,18 @@ async def _read_up_to(receive: Receive, limit: int) -> tuple[bytes, bool]:
             return bytes(body), False
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(first: Message, receive: Receive) -> Receive:
+    """``receive`` with the message already read from it, ``first``, handed out again first."""
     sent = False
 
-    async def replay() -> Message:
+    async def again() -> Message:
         nonlocal sent
         if sent:
-            return await receive()  # a disconnect, when the client goes
+            return await receive()  # the rest of the body, or a disconnect when the client goes
         sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return first
 
-    return replay
+    return again
 
 
 async def _error(send: Send, status: int, message: str) -> None:

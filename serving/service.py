@@ -52,7 +52,7 @@ from starlette.responses import Response
 from serving import fast_routes
 from serving.errors import UnwrapErrorMiddleware, quiet_client_error_tracebacks
 from serving.log_settings import PredictionLogConfig
-from serving.metadata import WORKERS_VARIABLE
+from serving.metadata import REQUEST_ID_HEADER, SERVICE_NAME, WORKERS_VARIABLE
 from serving.model_routes import MODEL_SCOPE_KEY, ModelRoutes, ServedModels, describe_model
 from serving.prediction_log import PredictionLog
 from serving.predictor import OnnxPredictor
@@ -62,7 +62,6 @@ from storage.errors import ModelError
 from storage.images import ImageDecodeError, ImageTooLargeError
 
 ACCESS_LOG_VARIABLE = "ONEBOX_SERVE_ACCESS_LOG"
-REQUEST_ID_HEADER = "X-Request-ID"
 # A client's request id is kept when it looks like one (a UUID, nginx's $request_id, a trace id);
 # anything else (too long, spaces, control characters) is replaced, so the log holds no junk.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -127,7 +126,7 @@ def sane_request_id(sent: str | None) -> str:
 
 
 @bentoml.service(
-    name="onebox-classifier",
+    name=SERVICE_NAME,
     service_class=ModelService,
     workers=int(os.environ.get(WORKERS_VARIABLE, "2")),
     traffic={"timeout": 30},
