@@ -10,26 +10,24 @@ ways, the slow one forced by a body too large to arrive in one piece.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
-from benchmarks.servers import free_port
 from serving import fast_routes
 from serving.fast_routes import FastRoutes
 from serving.local import LocalRuntime
 from serving.log_settings import LOG_DIR_VARIABLE
 from serving.metadata import MODEL_DIR_VARIABLE
 from serving.model_routes import MODEL_SCOPE_KEY
-from storage.settings import Settings
 from tests.conftest import png_bytes
 from tests.serving.conftest import COLORS_SHAPE, DIGITS_SHAPE, colors_bundle, digits_bundle, lit_pixel
+from tests.serving.test_input_limits import huge_png
 
 BOUNDARY = "fastroutesboundary"
 HANDED_ON = 299  # what the app behind the middleware answers
@@ -151,12 +149,6 @@ def test_an_ordinary_batch_is_answered_by_the_fast_path(service: Any) -> None:
     assert [row["label"] for row in call.answer] == ["1", "7"]
 
 
-def png_of_size(width: int, height: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("L", (width, height)).save(out, format="PNG")
-    return out.getvalue()
-
-
 UPLOAD = multipart(digit_png(1))
 HANDED_ON_CASES: dict[str, tuple[str, bytes | list[bytes], str]] = {
     "a body that arrives in pieces": ("/predict", [UPLOAD[:100], UPLOAD[100:]], UPLOAD_TYPE),
@@ -166,7 +158,7 @@ HANDED_ON_CASES: dict[str, tuple[str, bytes | list[bytes], str]] = {
     "not an image's content type": ("/predict", multipart(digit_png(1), content_type="text/plain"), UPLOAD_TYPE),
     "not an image": ("/predict", multipart(b"GIF89a not really"), UPLOAD_TYPE),
     "a truncated PNG": ("/predict", multipart(digit_png(1)[:40]), UPLOAD_TYPE),
-    "an image large enough for a thread": ("/predict", multipart(png_of_size(1200, 1000)), UPLOAD_TYPE),
+    "an image large enough for a thread": ("/predict", multipart(huge_png(1100)), UPLOAD_TYPE),
     "a malformed multipart body": ("/predict", b"--" + BOUNDARY.encode() + b"\nbare line feeds\n", UPLOAD_TYPE),
     "JSON of the wrong shape": ("/predict_batch", b'{"images": [[[1, 2]]]}', "application/json"),
     "JSON without images": ("/predict_batch", b'{"pictures": []}', "application/json"),
@@ -209,14 +201,9 @@ def test_a_failure_inside_the_fast_path_goes_on_to_bentoml(service: Any, monkeyp
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("fast-http")
-    runtime = LocalRuntime(Settings(home=folder / "home", serve_port=free_port(), serve_workers=1))
-    try:
-        runtime.deploy(digits_bundle(folder / "digits"))
-        yield runtime.settings.serve_url
-    finally:
-        runtime.stop()
+def server(two_models: tuple[LocalRuntime, dict[str, Path]]) -> str:
+    """A real model server over HTTP, digits its default model."""
+    return two_models[0].settings.serve_url
 
 
 @pytest.mark.slow
